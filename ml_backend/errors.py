@@ -1,0 +1,27 @@
+"""Error types: each failure a user can meet has its own class and a message that says what to do."""
+
+from __future__ import annotations
+
+
+class MdsVqaError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class VideoError(MdsVqaError):
+    """A video cannot be used: missing, unreadable, corrupt, too short or too large."""
+
+
+class AnswerParseError(MdsVqaError):
+    """The model's answer holds no usable number; ``raw_text`` keeps what it said."""
+
+    def __init__(self, message: str, raw_text: str) -> None:
+        super().__init__(message)
+        self.raw_text = raw_text
+
+
+class ModelNotFoundError(MdsVqaError):
+    """Weights or processor files for a base model or adapter could not be found."""
+
+
+class ConfigurationError(MdsVqaError):
+    """Settings or a label config that cannot work."""

@@ -1,0 +1,177 @@
+"""Loading the base model f with its named LoRA adapters, once per process.
+
+One Qwen2.5-VL base in memory carries several PEFT adapters: ``difficulty`` (the
+failure predictor g) now, quality and trained versions later. f itself is the base
+with adapters disabled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ModelNotFoundError
+from ..settings import Settings
+from ..video.patches import PatchLayout
+from .sources import ModelSource, resolve_source
+
+log = logging.getLogger(__name__)
+
+DIFFICULTY_ADAPTER = "difficulty"
+
+TINY_WARNING = (
+    "THE BASE MODEL IS A TINY RANDOM TEST MODEL (mdsvqa tiny-model): its scores are "
+    "MEANINGLESS. Point --base/--adapter at the real checkpoints for real difficulty scores."
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str
+    dtype: str
+    attention: str
+
+
+def choose_runtime(settings: Settings) -> Runtime:
+    """CUDA: bf16 with FlashAttention-2 when installed, else SDPA. CPU: float32 with SDPA."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotFoundError(f"device {device!r} requested but CUDA is not available on this machine")
+    on_cuda = device.startswith("cuda")
+    dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if on_cuda else "float32")
+    attention = settings.attention
+    if attention == "auto":
+        attention = "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    if attention == "flash_attention_2" and dtype == "float32":
+        raise ModelNotFoundError("FlashAttention-2 needs bfloat16 or float16; set MDSVQA_DTYPE or MDSVQA_ATTENTION")
+    return Runtime(device, dtype, attention)
+
+
+@dataclass
+class LoadedModel:
+    """The shared model: PEFT-wrapped base, processor, and what identifies it."""
+
+    model: Any  # peft.PeftModel around Qwen2_5_VLForConditionalGeneration
+    processor: Any  # transformers Qwen2_5_VLProcessor
+    base: ModelSource
+    adapters: dict[str, ModelSource]
+    runtime: Runtime
+    layout: PatchLayout
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.base.is_tiny or any(a.is_tiny for a in self.adapters.values())
+
+    def identity(self, adapter: str | None = DIFFICULTY_ADAPTER) -> dict[str, str]:
+        """Everything about the model that can change an answer (for cache keys and versions)."""
+        ident = {
+            "base": self.base.fingerprint,
+            "dtype": self.runtime.dtype,
+            "device": self.runtime.device.split(":")[0],
+            "attention": self.runtime.attention,
+        }
+        if adapter is not None:
+            ident["adapter"] = self.adapters[adapter].fingerprint
+        return ident
+
+    def version(self, adapter: str | None = DIFFICULTY_ADAPTER) -> str:
+        """Human-readable model version: base, adapter and a short hash of both."""
+        import hashlib
+
+        ident = self.identity(adapter)
+        digest = hashlib.sha256(repr(sorted(ident.items())).encode()).hexdigest()[:8]
+        name = self.base.short_name
+        if adapter is not None:
+            name += f"+{self.adapters[adapter].short_name}"
+        return f"{'TINY-RANDOM-' if self.is_tiny else ''}{name}@{digest}"
+
+    def load_adapter(self, name: str, spec: str, settings: Settings) -> ModelSource:
+        """Add another named adapter (e.g. a trained version) to the shared base."""
+        source = resolve_source(spec, kind="adapter", offline=settings.offline,
+                                required_file="adapter_config.json")
+        with self.lock:
+            if name in self.adapters:
+                self.model.delete_adapter(name)
+            self.model.load_adapter(str(source.path), adapter_name=name, is_trainable=False)
+            self.adapters[name] = source
+        return source
+
+
+def _patch_layout(processor) -> PatchLayout:
+    ip = processor.image_processor
+    return PatchLayout(
+        patch_size=int(ip.patch_size),
+        temporal_patch_size=int(ip.temporal_patch_size),
+        merge_size=int(ip.merge_size),
+        mean=tuple(float(x) for x in ip.image_mean),
+        std=tuple(float(x) for x in ip.image_std),
+    )
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Resolve, load and wrap base + difficulty adapter. Slow (seconds to minutes): call once."""
+    base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
+    adapter = resolve_source(settings.adapter, kind="adapter", offline=settings.offline,
+                             required_file="adapter_config.json")
+    runtime = choose_runtime(settings)
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"base model {settings.base!r}: cannot load the processor (tokenizer, chat template, "
+            f"preprocessor_config.json) from {base.path}: {exc}"
+        ) from exc
+    processor.tokenizer.padding_side = "left"
+
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(base.path),
+            torch_dtype=getattr(torch, runtime.dtype),
+            attn_implementation=runtime.attention,
+            local_files_only=True,
+        )
+    except Exception as exc:
+        raise ModelNotFoundError(f"base model {settings.base!r}: cannot load weights from {base.path}: {exc}") from exc
+    model.to(runtime.device)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
+                                          is_trainable=False)
+    except Exception as exc:
+        raise ModelNotFoundError(f"adapter {settings.adapter!r}: cannot load from {adapter.path}: {exc}") from exc
+    model.eval()
+
+    loaded = LoadedModel(model, processor, base, {DIFFICULTY_ADAPTER: adapter}, runtime, _patch_layout(processor))
+    if loaded.is_tiny:
+        log.warning(TINY_WARNING)
+    log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)
+    return loaded
+
+
+_shared: dict[tuple, LoadedModel] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_model(settings: Settings) -> LoadedModel:
+    """The process-wide model for these settings, loaded on first use and never reloaded."""
+    key = (settings.base, settings.adapter, settings.device, settings.dtype, settings.attention, settings.offline)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = load_model(settings)
+        return _shared[key]

@@ -1,0 +1,108 @@
+"""The one configuration object of the project, read from the environment.
+
+Every knob has an ``MDSVQA_*`` environment variable (Label Studio's own two use
+their customary names). Command-line options override the environment by
+constructing ``Settings(**overrides)``; nothing else in the code reads ``os.environ``
+for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE = "hollow404/VQR1-7B-YouTubeUGC"
+DEFAULT_ADAPTER = "hollow404/MDS-VQA-Failure-Predictor"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mdsvqa"
+
+
+class VideoSettings(BaseSettings):
+    """Frame sampling and sizing (SPEC section 3 defaults)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_VIDEO_", extra="forbid")
+
+    fps: float = Field(2.0, gt=0, description="Frames sampled per second of video.")
+    min_frames: int = Field(4, ge=2, description="Fewest frames sampled from a video.")
+    max_frames: int = Field(768, ge=2, description="Most frames sampled from a video.")
+    min_pixels: int = Field(128 * 28 * 28, gt=0, description="Smallest area of one frame.")
+    max_pixels: int = Field(768 * 28 * 28, gt=0, description="Largest area of one frame.")
+    total_pixels: int = Field(90_316_800, gt=0, description="Pixel budget of all frames.")
+    max_side: int = Field(
+        8192, gt=0, description="Refuse videos wider or taller than this (decoder safety)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "VideoSettings":
+        if self.min_frames > self.max_frames:
+            raise ValueError("min_frames must not exceed max_frames")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything a run of ``mdsvqa`` can be told from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_", extra="forbid", populate_by_name=True)
+
+    # Models
+    base: str = Field(DEFAULT_BASE, description="Base model f: hub id or local directory.")
+    adapter: str = Field(DEFAULT_ADAPTER, description="Failure-predictor adapter g: hub id or local directory.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' = bfloat16 on CUDA, float32 on CPU."
+    )
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="'auto' = FlashAttention-2 when installed on CUDA, else SDPA."
+    )
+    offline: bool = Field(False, description="Never contact the model hub; use local files and the HF cache only.")
+
+    # Decoding
+    decoding: Literal["constrained", "greedy", "sample"] = Field(
+        "constrained",
+        description="'constrained' forces <answer>d.dd</answer> (deterministic); 'greedy' is free-form; "
+        "'sample' averages num_samples sampled answers.",
+    )
+    num_samples: int = Field(1, ge=1, description="Answers averaged per video with decoding='sample'.")
+    max_new_tokens: int = Field(32, ge=1, description="Token limit for free-form decoding.")
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature; default from the checkpoint.")
+    seed: int = Field(0, description="Seed for sampled decoding.")
+
+    # Throughput
+    batch_size: int = Field(2, ge=1, description="Videos per forward pass.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Score cache and downloads.")
+    use_cache: bool = Field(True, description="Read and write the persistent score cache.")
+
+    # Label Studio and the backend
+    label_studio_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LABEL_STUDIO_URL", "MDSVQA_LABEL_STUDIO_URL", "label_studio_url"),
+        description="Label Studio base URL (also taken from /setup).",
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "MDSVQA_LABEL_STUDIO_API_KEY", "label_studio_api_key"),
+        description="Label Studio token (also taken from /setup). Never logged.",
+    )
+    model_dir: Path = Field(Path("./mdsvqa-models"), description="Versions, jobs and backend state.")
+
+    video: VideoSettings = Field(default_factory=VideoSettings)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / "scores.sqlite"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment with explicit (e.g. command-line) overrides on top.
+
+    ``None`` overrides are dropped so unset CLI options fall back to the environment.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)
