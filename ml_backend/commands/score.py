@@ -69,14 +69,12 @@ def run(args: argparse.Namespace) -> int:
     scorer = DifficultyScorer.from_settings(settings)
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
-    failed = sum(1 for e in scores.values() if valid_score(e) is None)
     last_write = time.monotonic()
     bar = tqdm(total=len(todo), unit="video", disable=args.no_progress or not todo, file=sys.stderr)
     try:
         for result in scorer.score_paths(todo):
             scores[result.name] = result_entry(result, tiny=scorer.is_tiny)
             if not result.ok:
-                failed += 1
                 bar.write(f"failed: {result.error}", file=sys.stderr)
             bar.update(1)
             if time.monotonic() - last_write > 10:  # keep progress on disk for --resume after a crash
@@ -88,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         scorer.close()
 
     total_ok = sum(1 for e in scores.values() if valid_score(e) is not None)
+    failed = len(scores) - total_ok
     print(f"{total_ok} scored, {failed} failed -> {args.out} (model {scorer.model_version})", file=sys.stderr)
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)

@@ -34,7 +34,7 @@ class CachedScore:
 
 
 def cache_key(content_digest: str, identity: dict) -> str:
-    blob = json.dumps({"video": content_digest, **identity}, sort_keys=True, default=str)
+    blob = json.dumps({"content": content_digest, "identity": identity}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -36,17 +36,24 @@ class PromptEncoder:
 
     def __init__(self, processor, video_token_id: int, merge_size: int = 2) -> None:
         self.tokenizer = processor.tokenizer
-        self.template = processor
+        # The processor's template, rendered by the tokenizer: transformers 4.51's processor
+        # drops template kwargs such as add_vision_id, the tokenizer passes them through.
+        self.chat_template = getattr(processor, "chat_template", None) or self.tokenizer.chat_template
         self.video_token_id = int(video_token_id)
         self.video_token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
         self.merge_size = merge_size
         self._halves: dict[str, tuple[list[int], list[int]]] = {}
 
+    def render(self, task: Task) -> str:
+        """The prompt text with the vision id on ("Video 1: "), as the reference renders it."""
+        return self.tokenizer.apply_chat_template(
+            video_messages(task), chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=True, add_vision_id=True,
+        )
+
     def halves(self, task: Task) -> tuple[list[int], list[int]]:
         if task not in self._halves:
-            text = self.template.apply_chat_template(
-                video_messages(task), tokenize=False, add_generation_prompt=True, add_vision_id=True
-            )
+            text = self.render(task)
             if text.count(self.video_token) != 1:
                 raise ValueError(f"chat template must hold one {self.video_token} for one video; got: {text!r}")
             before, after = text.split(self.video_token)

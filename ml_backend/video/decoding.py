@@ -8,6 +8,7 @@ RGB copy and a separate resize (benchmarks/video_decode.py measures the gain).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _import_decord():
         import decord
     except ImportError as exc:  # pragma: no cover - dependency is declared
         raise VideoError("decord is not installed: pip install decord2") from exc
+    decord.logging.set_level(decord.logging.QUIET)  # defects are reported as VideoError instead
     return decord
 
 
@@ -62,9 +64,21 @@ def _open(path: Path, **kwargs):
         raise VideoError(f"{path}: not a decodable video ({_short(exc)})") from exc
 
 
+_DECORD_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+_KNOWN_DEFECTS = {
+    "cannot find video stream": "the file has no video stream",
+    "Error reading": "unreadable container (not a video, or truncated before its index)",
+}
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """decord's message without its source locations, or a plain description of a known defect."""
+    text = str(exc)
+    for needle, meaning in _KNOWN_DEFECTS.items():
+        if needle in text:
+            return meaning
+    lines = _DECORD_LOCATION.sub("", text).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def probe_video(path: str | os.PathLike) -> VideoProbe:
