@@ -17,6 +17,7 @@ from ..errors import ModelNotFoundError
 from ..settings import Settings
 from ..video.patches import PatchLayout
 from .sources import ModelSource, resolve_source
+from .vision_attention import use_segmented_vision_attention
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,12 @@ def choose_runtime(settings: Settings) -> Runtime:
 
 
 @dataclass
-class LoadedModel:
-    """The shared model: PEFT-wrapped base, processor, and what identifies it."""
+class ModelSpec:
+    """Resolved sources and runtime: enough to identify the model without loading it."""
 
-    model: Any  # peft.PeftModel around Qwen2_5_VLForConditionalGeneration
-    processor: Any  # transformers Qwen2_5_VLProcessor
     base: ModelSource
     adapters: dict[str, ModelSource]
     runtime: Runtime
-    layout: PatchLayout
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
 
     @property
     def is_tiny(self) -> bool:
@@ -97,15 +90,52 @@ class LoadedModel:
             name += f"+{self.adapters[adapter].short_name}"
         return f"{'TINY-RANDOM-' if self.is_tiny else ''}{name}@{digest}"
 
-    def load_adapter(self, name: str, spec: str, settings: Settings) -> ModelSource:
+
+def resolve_model(settings: Settings) -> ModelSpec:
+    """Find base and difficulty adapter (downloading unless offline) and choose the runtime."""
+    base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
+    adapter = resolve_source(settings.adapter, kind="adapter", offline=settings.offline,
+                             required_file="adapter_config.json")
+    return ModelSpec(base, {DIFFICULTY_ADAPTER: adapter}, choose_runtime(settings))
+
+
+@dataclass
+class LoadedModel:
+    """The shared model: PEFT-wrapped base, processor, and the spec it was loaded from."""
+
+    model: Any  # peft.PeftModel around Qwen2_5_VLForConditionalGeneration
+    processor: Any  # transformers Qwen2_5_VLProcessor
+    spec: ModelSpec
+    layout: PatchLayout
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.spec.runtime
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.spec.is_tiny
+
+    def identity(self, adapter: str | None = DIFFICULTY_ADAPTER) -> dict[str, str]:
+        return self.spec.identity(adapter)
+
+    def version(self, adapter: str | None = DIFFICULTY_ADAPTER) -> str:
+        return self.spec.version(adapter)
+
+    def load_adapter(self, name: str, location: str, settings: Settings) -> ModelSource:
         """Add another named adapter (e.g. a trained version) to the shared base."""
-        source = resolve_source(spec, kind="adapter", offline=settings.offline,
+        source = resolve_source(location, kind="adapter", offline=settings.offline,
                                 required_file="adapter_config.json")
         with self.lock:
-            if name in self.adapters:
+            if name in self.spec.adapters:
                 self.model.delete_adapter(name)
             self.model.load_adapter(str(source.path), adapter_name=name, is_trainable=False)
-            self.adapters[name] = source
+            self.spec.adapters[name] = source
         return source
 
 
@@ -122,10 +152,8 @@ def _patch_layout(processor) -> PatchLayout:
 
 def load_model(settings: Settings) -> LoadedModel:
     """Resolve, load and wrap base + difficulty adapter. Slow (seconds to minutes): call once."""
-    base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
-    adapter = resolve_source(settings.adapter, kind="adapter", offline=settings.offline,
-                             required_file="adapter_config.json")
-    runtime = choose_runtime(settings)
+    spec = resolve_model(settings)
+    base, adapter, runtime = spec.base, spec.adapters[DIFFICULTY_ADAPTER], spec.runtime
 
     import torch
     from peft import PeftModel
@@ -150,6 +178,7 @@ def load_model(settings: Settings) -> LoadedModel:
     except Exception as exc:
         raise ModelNotFoundError(f"base model {settings.base!r}: cannot load weights from {base.path}: {exc}") from exc
     model.to(runtime.device)
+    use_segmented_vision_attention(model)
     try:
         model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
                                           is_trainable=False)
@@ -157,7 +186,7 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelNotFoundError(f"adapter {settings.adapter!r}: cannot load from {adapter.path}: {exc}") from exc
     model.eval()
 
-    loaded = LoadedModel(model, processor, base, {DIFFICULTY_ADAPTER: adapter}, runtime, _patch_layout(processor))
+    loaded = LoadedModel(model, processor, spec, _patch_layout(processor))
     if loaded.is_tiny:
         log.warning(TINY_WARNING)
     log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)

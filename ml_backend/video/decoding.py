@@ -1,13 +1,15 @@
 """Reading sampled frames from a video file with decord, at the model's input size.
 
-decord (the maintained ``decord2`` distribution) scales inside FFmpeg while it
-converts from YUV, so frames arrive at the target size without a full-resolution
-RGB copy and a separate resize (benchmarks/video_decode.py measures the gain).
+decord (the maintained ``decord2`` distribution) can scale inside FFmpeg while it
+converts from YUV. That saves the full-resolution RGB copy (time and memory) on real
+downscales; elsewhere frames are decoded at source size and resized with the
+reference's kernel. benchmarks/video_decode.py measures both against the reference.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,21 @@ from ..settings import VideoSettings
 from .sampling import SamplingPlan, plan_sampling
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".yuv"})
+
+
+# Scale inside FFmpeg only for real downscales: there it skips a full-size RGB copy. For
+# upscales and mild changes, re-opening the file costs more than resizing (benchmarks/).
+IN_DECODER_SCALE_BELOW = 0.5
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic, antialiased resize of uint8 frames: the reference's own resize kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    resized = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,7 @@ def _import_decord():
         import decord
     except ImportError as exc:  # pragma: no cover - dependency is declared
         raise VideoError("decord is not installed: pip install decord2") from exc
+    decord.logging.set_level(decord.logging.QUIET)  # defects are reported as VideoError instead
     return decord
 
 
@@ -62,9 +80,21 @@ def _open(path: Path, **kwargs):
         raise VideoError(f"{path}: not a decodable video ({_short(exc)})") from exc
 
 
+_DECORD_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+_KNOWN_DEFECTS = {
+    "cannot find video stream": "the file has no video stream",
+    "Error reading": "unreadable container (not a video, or truncated before its index)",
+}
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """decord's message without its source locations, or a plain description of a known defect."""
+    text = str(exc)
+    for needle, meaning in _KNOWN_DEFECTS.items():
+        if needle in text:
+            return meaning
+    lines = _DECORD_LOCATION.sub("", text).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def probe_video(path: str | os.PathLike) -> VideoProbe:
@@ -107,13 +137,16 @@ def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None)
     except ValueError as exc:
         raise VideoError(f"{path}: {exc}") from exc
 
-    if (plan.height, plan.width) != (height, width):
+    scale_in_decoder = plan.height * plan.width < height * width * IN_DECODER_SCALE_BELOW
+    if scale_in_decoder:
         del reader
         reader = _open(path, width=plan.width, height=plan.height)
     try:
         frames = reader.get_batch(list(plan.indices)).asnumpy()
     except Exception as exc:
         raise VideoError(f"{path}: decoding failed, the file may be truncated ({_short(exc)})") from exc
+    if not scale_in_decoder and (plan.height, plan.width) != (height, width):
+        frames = resize_frames(frames, plan.height, plan.width)
     if frames.shape != (plan.num_frames, plan.height, plan.width, 3):
         raise VideoError(f"{path}: decoder returned frames of shape {frames.shape}, expected "
                          f"{(plan.num_frames, plan.height, plan.width, 3)}")

@@ -1,0 +1,93 @@
+"""``mdsvqa score PATH... --out FILE``: difficulty of every video into the reference JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="Score the difficulty of video files or folders into a JSON file.",
+        description="Predict how hard each video is for the quality model (1-5) with the failure "
+        "predictor, and write {name: {reasoning, score}} to FILE. Failed videos get score null and "
+        "an error; the exit status is 1 when any failed. Unset options come from MDSVQA_* variables.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="Video files and/or folders (searched recursively).")
+    parser.add_argument("--out", required=True, metavar="FILE", help="Scores JSON to write (atomically).")
+    parser.add_argument("--base", help="Base model: hub id or local folder (MDSVQA_BASE).")
+    parser.add_argument("--adapter", help="Failure-predictor adapter: hub id or folder (MDSVQA_ADAPTER).")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (MDSVQA_DEVICE).")
+    parser.add_argument("--batch-size", type=int, help="Videos per forward pass (MDSVQA_BATCH_SIZE).")
+    parser.add_argument("--decoding", choices=["constrained", "greedy", "sample"], help="MDSVQA_DECODING.")
+    parser.add_argument("--num-samples", type=int, help="Sampled answers averaged per video (with --decoding sample).")
+    parser.add_argument("--offline", action="store_true", default=None, help="Never contact the model hub.")
+    parser.add_argument("--no-cache", action="store_true", help="Neither read nor write the score cache.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep the scores already in FILE and score only the rest (failed ones are retried).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..model.loading import TINY_WARNING
+    from ..scoring import DifficultyScorer
+    from ..scoring.results import read_scores, result_entry, valid_score, write_scores
+    from ..settings import load_settings
+    from ..video.decoding import find_videos
+
+    settings = load_settings(base=args.base, adapter=args.adapter, device=args.device, batch_size=args.batch_size,
+                             decoding=args.decoding, num_samples=args.num_samples, offline=args.offline,
+                             use_cache=False if args.no_cache else None)
+    videos, listing_problems = find_videos(args.paths)
+
+    scores: dict[str, dict] = {}
+    if args.resume:
+        try:
+            scores = read_scores(args.out)
+        except Exception as exc:
+            if "no such scores file" not in str(exc):
+                raise
+    done = {name for name, entry in scores.items() if valid_score(entry) is not None}
+
+    for folder, reason in listing_problems:
+        scores[str(folder)] = {"reasoning": "N/A", "score": None, "error": f"{folder}: {reason}"}
+    todo, seen = [], {}
+    for path in videos:
+        if path.name in seen:
+            scores[str(path)] = {"reasoning": "N/A", "score": None,
+                                 "error": f"{path}: duplicate file name, already scored {seen[path.name]}; rename it"}
+            continue
+        seen[path.name] = path
+        if path.name not in done:
+            todo.append(path)
+
+    scorer = DifficultyScorer.from_settings(settings)
+    if scorer.is_tiny:
+        print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
+    last_write = time.monotonic()
+    bar = tqdm(total=len(todo), unit="video", disable=args.no_progress or not todo, file=sys.stderr)
+    try:
+        for result in scorer.score_paths(todo):
+            scores[result.name] = result_entry(result, tiny=scorer.is_tiny)
+            if not result.ok:
+                bar.write(f"failed: {result.error}", file=sys.stderr)
+            bar.update(1)
+            if time.monotonic() - last_write > 10:  # keep progress on disk for --resume after a crash
+                write_scores(args.out, scores)
+                last_write = time.monotonic()
+    finally:
+        bar.close()
+        write_scores(args.out, scores)
+        scorer.close()
+
+    total_ok = sum(1 for e in scores.values() if valid_score(e) is not None)
+    failed = len(scores) - total_ok
+    print(f"{total_ok} scored, {failed} failed -> {args.out} (model {scorer.model_version})", file=sys.stderr)
+    if scorer.is_tiny:
+        print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
+    return 1 if failed else 0

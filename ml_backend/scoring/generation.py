@@ -1,0 +1,124 @@
+"""Running the model on a prepared batch and turning its text into scores.
+
+Three decoding modes (``Settings.decoding``):
+- ``constrained`` (default): greedy along the answer trie; deterministic, always parseable.
+- ``greedy``: free-form greedy text, parsed afterwards; may fail to parse.
+- ``sample``: the reference's sampling (top-k 50, top-p 1, checkpoint temperature),
+  ``num_samples`` answers per video averaged over those that parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..answers import parse_score
+from ..errors import AnswerParseError
+from ..model.loading import DIFFICULTY_ADAPTER, LoadedModel
+from ..prompts import Task
+from ..settings import Settings
+from .constraint import AnswerTrie
+from .inputs import PreparedVideo, PromptEncoder
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the model said about one video: the score, or why there is none."""
+
+    score: float | None
+    text: str
+    error: str | None = None
+
+
+def _end_ids(loaded: LoadedModel) -> list[int]:
+    configured = loaded.model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [int(i) for i in ids if i is not None]
+    im_end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end not in ids and im_end != loaded.tokenizer.unk_token_id:
+        ids.insert(0, im_end)
+    if not ids:
+        ids = [loaded.tokenizer.eos_token_id]
+    return ids
+
+
+def decoding_identity(settings: Settings, task: Task) -> dict:
+    """Decoding settings that change the answer, for cache keys."""
+    ident: dict = {"task": task, "decoding": settings.decoding}
+    if settings.decoding != "constrained":
+        ident["max_new_tokens"] = settings.max_new_tokens
+    if settings.decoding == "sample":
+        ident.update(num_samples=settings.num_samples, temperature=settings.temperature, seed=settings.seed)
+    return ident
+
+
+class AnswerGenerator:
+    """Batched generation for one task with one adapter (or the bare base when adapter is None)."""
+
+    def __init__(self, loaded: LoadedModel, settings: Settings, *, task: Task = "difficulty",
+                 adapter: str | None = DIFFICULTY_ADAPTER) -> None:
+        self.loaded = loaded
+        self.settings = settings
+        self.task = task
+        self.adapter = adapter
+        config = loaded.model.get_base_model().config if hasattr(loaded.model, "get_base_model") else loaded.model.config
+        self.encoder = PromptEncoder(loaded.processor, config.video_token_id, loaded.layout.merge_size)
+        self.end_ids = _end_ids(loaded)
+        self.trie = AnswerTrie.for_tokenizer(loaded.tokenizer, self.end_ids)
+
+    def generate(self, videos: Sequence[PreparedVideo]) -> list[Answer]:
+        import contextlib
+
+        import torch
+
+        loaded = self.loaded
+        batch = self.encoder.encode(self.task, videos)
+        device = loaded.runtime.device
+        dtype = getattr(torch, loaded.runtime.dtype)
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch["pixel_values_videos"] = batch["pixel_values_videos"].to(dtype)
+        prompt_length = batch["input_ids"].shape[1]
+
+        s = self.settings
+        options: dict = {"pad_token_id": loaded.tokenizer.pad_token_id, "eos_token_id": self.end_ids}
+        samples = 1
+        if s.decoding == "constrained":
+            options.update(do_sample=False, max_new_tokens=self.trie.max_new_tokens,
+                           prefix_allowed_tokens_fn=self.trie.prefix_function(prompt_length))
+        elif s.decoding == "greedy":
+            options.update(do_sample=False, max_new_tokens=s.max_new_tokens)
+        else:
+            samples = s.num_samples
+            options.update(do_sample=True, top_k=50, top_p=1.0, max_new_tokens=s.max_new_tokens,
+                           num_return_sequences=samples)
+            if s.temperature is not None:
+                options["temperature"] = s.temperature
+        if s.decoding == "constrained" or s.decoding == "greedy":
+            # Silence the checkpoint's sampling defaults, which do not apply to greedy search.
+            options.update(temperature=None, top_k=None, top_p=None)
+
+        with loaded.lock, torch.inference_mode():
+            if self.adapter is None:
+                context = loaded.model.disable_adapter()
+            else:
+                loaded.model.set_adapter(self.adapter)
+                context = contextlib.nullcontext()
+            if s.decoding == "sample":
+                torch.manual_seed(s.seed)
+            with context:
+                output = loaded.model.generate(**batch, **options)
+        texts = loaded.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        return [self._answer(texts[i * samples:(i + 1) * samples]) for i in range(len(videos))]
+
+    @staticmethod
+    def _answer(texts: list[str]) -> Answer:
+        scores, errors = [], []
+        for text in texts:
+            try:
+                scores.append(parse_score(text))
+            except AnswerParseError as exc:
+                errors.append(str(exc))
+        joined = texts[0] if len(texts) == 1 else "\n---\n".join(texts)
+        if not scores:
+            return Answer(None, joined, f"unparseable answer: {errors[0]}")
+        return Answer(sum(scores) / len(scores), joined)

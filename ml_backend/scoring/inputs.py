@@ -1,0 +1,84 @@
+"""Model inputs for a batch of decoded videos and one prompt: token ids, patches, grids.
+
+The chat template is rendered once per task; only the number of video placeholder
+tokens differs between videos, so each prompt is assembled from the two token halves
+around the placeholder instead of re-tokenizing a 14k-token string per video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..prompts import Task, video_messages
+from ..video.decoding import DecodedVideo
+from ..video.patches import PatchLayout, video_patches, video_token_count
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    """One video ready for the model: patches and grid, computed off the model thread."""
+
+    patches: np.ndarray
+    grid_thw: np.ndarray
+    seconds_per_grid: float
+
+    @classmethod
+    def from_decoded(cls, video: DecodedVideo, layout: PatchLayout) -> "PreparedVideo":
+        patches, grid = video_patches(video.frames, layout)
+        return cls(patches, grid, video.plan.seconds_per_grid)
+
+
+class PromptEncoder:
+    """Renders the checkpoint's chat template for a task and expands the video placeholder."""
+
+    def __init__(self, processor, video_token_id: int, merge_size: int = 2) -> None:
+        self.tokenizer = processor.tokenizer
+        # The processor's template, rendered by the tokenizer: transformers 4.51's processor
+        # drops template kwargs such as add_vision_id, the tokenizer passes them through.
+        self.chat_template = getattr(processor, "chat_template", None) or self.tokenizer.chat_template
+        self.video_token_id = int(video_token_id)
+        self.video_token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
+        self.merge_size = merge_size
+        self._halves: dict[str, tuple[list[int], list[int]]] = {}
+
+    def render(self, task: Task) -> str:
+        """The prompt text with the vision id on ("Video 1: "), as the reference renders it."""
+        return self.tokenizer.apply_chat_template(
+            video_messages(task), chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=True, add_vision_id=True,
+        )
+
+    def halves(self, task: Task) -> tuple[list[int], list[int]]:
+        if task not in self._halves:
+            text = self.render(task)
+            if text.count(self.video_token) != 1:
+                raise ValueError(f"chat template must hold one {self.video_token} for one video; got: {text!r}")
+            before, after = text.split(self.video_token)
+            encode = lambda part: self.tokenizer(part, add_special_tokens=False)["input_ids"]  # noqa: E731
+            self._halves[task] = (encode(before), encode(after))
+        return self._halves[task]
+
+    def encode(self, task: Task, videos: Sequence[PreparedVideo]) -> dict:
+        """Left-padded batch as torch tensors, in the keyword layout ``generate`` takes."""
+        import torch
+
+        before, after = self.halves(task)
+        rows = [before + [self.video_token_id] * video_token_count(v.grid_thw, self.merge_size) + after
+                for v in videos]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row):] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values_videos": torch.from_numpy(np.concatenate([v.patches for v in videos])),
+            "video_grid_thw": torch.from_numpy(np.stack([v.grid_thw for v in videos])),
+            "second_per_grid_ts": [v.seconds_per_grid for v in videos],
+        }

@@ -1,0 +1,205 @@
+"""From video files to difficulty scores: cache lookup, decoding ahead of the model, batching.
+
+Decoding and patch building of the next batch run in worker threads while the model
+works on the current one (decord and numpy release the GIL). A bad video becomes a
+failed result and never stops the others; a batch the model rejects is retried one
+video at a time so that only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import MdsVqaError
+from ..fileio import file_digest
+from ..model.loading import DIFFICULTY_ADAPTER, LoadedModel, ModelSpec, resolve_model, shared_model
+from ..prompts import PROMPT_VERSION, Task
+from ..settings import Settings
+from ..video.decoding import decode_video
+from .cache import CachedScore, ScoreCache, cache_key
+from .generation import AnswerGenerator, decoding_identity
+from .inputs import PreparedVideo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    path: Path
+    name: str
+    difficulty: float | None
+    raw_text: str | None
+    error: str | None
+    cached: bool
+    model_version: str
+
+    @property
+    def ok(self) -> bool:
+        return self.difficulty is not None
+
+
+@dataclass
+class _Pending:
+    path: Path
+    key: str
+    prepared: Future
+
+
+class DifficultyScorer:
+    """Scores videos with one adapter of the shared model; safe to call from several threads."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings, cache: ScoreCache | None = None, *,
+                 loaded: LoadedModel | None = None, task: Task = "difficulty",
+                 adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int = 2) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.cache = cache
+        self.task = task
+        self.adapter = adapter
+        self._loaded = loaded
+        self._generator: AnswerGenerator | None = None
+        self._load_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="mdsvqa-decode")
+        self._identity = {
+            "model": spec.identity(adapter),
+            "decoding": decoding_identity(settings, task),
+            "prompt_version": PROMPT_VERSION,
+            "video": settings.video.model_dump(exclude={"max_side"}),
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "DifficultyScorer":
+        """Resolve the model now (cheap); load its weights on the first video not in the cache."""
+        cache = ScoreCache(settings.cache_path) if settings.use_cache else None
+        return cls(resolve_model(settings), settings, cache)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The shared model, loaded on first use (never per request)."""
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = shared_model(self.settings)
+            return self._loaded
+
+    @property
+    def generator(self) -> AnswerGenerator:
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = shared_model(self.settings)
+            if self._generator is None:
+                self._generator = AnswerGenerator(self._loaded, self.settings, task=self.task, adapter=self.adapter)
+            return self._generator
+
+    @property
+    def model_version(self) -> str:
+        return self.spec.version(self.adapter)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.spec.is_tiny
+
+    def identity(self) -> dict:
+        """Model, prompt, decoding and frame-sampling settings: everything a cached score depends on."""
+        return self._identity
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _result(self, path: Path, *, score: float | None = None, text: str | None = None,
+                error: str | None = None, cached: bool = False) -> ScoreResult:
+        return ScoreResult(path, path.name, score, text, error, cached, self.model_version)
+
+    def _key(self, path: Path) -> str:
+        return cache_key(file_digest(path), self.identity())
+
+    def cached_result(self, path: str | Path) -> ScoreResult | None:
+        """The stored score of this file's content under the current model, or None (never computes)."""
+        path = Path(path)
+        if self.cache is None:
+            return None
+        try:
+            hit = self.cache.get(self._key(path))
+        except OSError:
+            return None
+        return self._result(path, score=hit.score, text=hit.raw_text, cached=True) if hit else None
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score_one(self, path: str | Path) -> ScoreResult:
+        return next(iter(self.score_paths([Path(path)])))
+
+    def score_paths(self, paths: Iterable[str | Path]) -> Iterator[ScoreResult]:
+        """Yield one result per path: cache hits first, then each batch as the model finishes it."""
+        misses: list[tuple[Path, str]] = []
+        for raw in paths:
+            path = Path(raw)
+            try:
+                key = self._key(path)
+            except OSError as exc:
+                reason = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
+                yield self._result(path, error=f"{path}: {reason}")
+                continue
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                yield self._result(path, score=hit.score, text=hit.raw_text, cached=True)
+            else:
+                misses.append((path, key))
+
+        size = self.settings.batch_size
+        chunks = [misses[i:i + size] for i in range(0, len(misses), size)]
+        upcoming = self._submit(chunks[0]) if chunks else []
+        for index in range(len(chunks)):
+            current = upcoming
+            upcoming = self._submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+            yield from self._run_batch(current)
+
+    def _submit(self, chunk: list[tuple[Path, str]]) -> list[_Pending]:
+        return [_Pending(path, key, self._pool.submit(self._prepare, path)) for path, key in chunk]
+
+    def _prepare(self, path: Path) -> PreparedVideo:
+        return PreparedVideo.from_decoded(decode_video(path, self.settings.video), self.loaded.layout)
+
+    def _run_batch(self, batch: list[_Pending]) -> Iterator[ScoreResult]:
+        ready: list[tuple[_Pending, PreparedVideo]] = []
+        for item in batch:
+            try:
+                ready.append((item, item.prepared.result()))
+            except MdsVqaError as exc:
+                yield self._result(item.path, error=str(exc))
+            except Exception as exc:  # an unexpected decoder fault is still one item's failure
+                log.exception("preparing %s failed", item.path)
+                yield self._result(item.path, error=f"{item.path}: {type(exc).__name__}: {exc}")
+        if not ready:
+            return
+        try:
+            answers = self.generator.generate([video for _, video in ready])
+        except Exception:
+            if len(ready) == 1:
+                item = ready[0][0]
+                log.exception("model failed on %s", item.path)
+                yield self._result(item.path, error=f"{item.path}: the model failed on this video (see log)")
+                return
+            log.warning("batch of %d failed; retrying one video at a time", len(ready), exc_info=True)
+            for item, _video in ready:
+                yield from self._run_batch([item])
+            return
+        for (item, _video), answer in zip(ready, answers):
+            if answer.score is None:
+                yield self._result(item.path, text=answer.text, error=f"{item.path}: {answer.error}")
+                continue
+            if self.cache is not None:
+                self.cache.put(item.key, CachedScore(answer.score, answer.text, self.model_version))
+            yield self._result(item.path, score=answer.score, text=answer.text)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.close()
+
+
+def result_record(result: ScoreResult) -> dict:
+    return asdict(result) | {"path": str(result.path)}

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.media import GOLDEN, VIDEOS
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not VIDEOS.is_dir():
+        raise RuntimeError(f"shared test videos not found at {VIDEOS}: the repo must sit beside shared/")
+    return VIDEOS
+
+
+@pytest.fixture(scope="session")
+def golden_path() -> Path:
+    if not GOLDEN.is_file():
+        raise RuntimeError(f"golden tensors not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random Qwen2.5-VL base + adapter on disk, written once per test session."""
+    from ml_backend.model.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def settings_factory(tiny_model, tmp_path):
+    """Settings for the tiny model with a private score cache."""
+    from ml_backend.settings import Settings
+
+    base, adapter = tiny_model
+
+    def make(**overrides):
+        values = {"base": str(base), "adapter": str(adapter), "cache_dir": tmp_path / "cache", **overrides}
+        return Settings(**values)
+
+    return make

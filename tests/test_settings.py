@@ -1,0 +1,37 @@
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from ml_backend.settings import Settings, VideoSettings, load_settings
+from tests.media import REPO
+
+
+def test_environment_and_overrides(monkeypatch):
+    monkeypatch.setenv("MDSVQA_BATCH_SIZE", "7")
+    monkeypatch.setenv("MDSVQA_VIDEO_FPS", "1.5")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-token")
+    settings = load_settings(device="cpu", base=None)
+    assert settings.batch_size == 7 and settings.device == "cpu"
+    assert settings.base == "hollow404/VQR1-7B-YouTubeUGC"  # None overrides fall back
+    assert settings.video.fps == 1.5
+    assert "secret-token" not in repr(settings)
+    assert settings.label_studio_api_key.get_secret_value() == "secret-token"
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ValidationError):
+        Settings(batch_size=0)
+    with pytest.raises(ValidationError):
+        VideoSettings(min_frames=10, max_frames=4)
+    with pytest.raises(ValidationError):
+        Settings(dtype="int8")
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"`((?:MDSVQA|LABEL_STUDIO)_[A-Z0-9_]+)`", readme))
+    expected = {f"MDSVQA_{name.upper()}" for name in Settings.model_fields if name not in {"video", "label_studio_url", "label_studio_api_key"}}
+    expected |= {f"MDSVQA_VIDEO_{name.upper()}" for name in VideoSettings.model_fields}
+    expected |= {"LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"}
+    assert expected <= documented, sorted(expected - documented)

@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ml_backend.video.patches import video_patches, video_token_count
+from ml_backend.video.sampling import (frame_count, frame_indices, frame_max_pixels, plan_sampling,
+                                       smart_resize)
+
+
+def test_spec_example_20s_1080p_gives_40_frames_at_560x1008():
+    plan = plan_sampling(600, 30.0, 1080, 1920)
+    assert plan.num_frames == 40
+    assert (plan.height, plan.width) == (560, 1008)
+    assert plan.indices[0] == 0 and plan.indices[-1] == 599
+    assert plan.seconds_per_grid == pytest.approx(1.0)
+    # ~14.4k visual tokens: 20 temporal patches x (560/14 * 1008/14) / 4
+    assert 20 * (40 * 72) // 4 == 14400
+
+
+@pytest.mark.parametrize(
+    "total, fps, expected",
+    [
+        (120, 29.97, 8),  # 4 s -> 8 frames
+        (250, 25.0, 20),  # 10 s -> 20 frames
+        (132, 25.0, 10),  # 5.28 s -> 10.56 -> floor to even
+        (5, 25.0, 4),  # very short: at least 4 frames
+        (3, 25.0, 2),  # fewer frames than the minimum: all of them, even
+        (100_000, 30.0, 768),  # capped
+    ],
+)
+def test_frame_count(total, fps, expected):
+    assert frame_count(total, fps) == expected
+
+
+@pytest.mark.parametrize("total", [0, 1])
+def test_frame_count_rejects_videos_without_two_frames(total):
+    with pytest.raises(ValueError, match="at least 2"):
+        frame_count(total, 25.0)
+
+
+def test_frame_count_rejects_bad_fps():
+    with pytest.raises(ValueError, match="frame rate"):
+        frame_count(100, 0.0)
+
+
+def test_frame_indices_are_spread_from_first_to_last():
+    assert frame_indices(10, 4) == (0, 3, 6, 9)
+    assert frame_indices(600, 40)[1] == 15
+
+
+def test_pixel_budget_shrinks_with_many_frames():
+    assert frame_max_pixels(40, min_pixels=100352, max_pixels=602112, total_pixels=90316800) == 602112
+    many = frame_max_pixels(768, min_pixels=100352, max_pixels=602112, total_pixels=90316800)
+    assert many == int(90316800 / 768 * 2)
+    tiny_budget = frame_max_pixels(768, min_pixels=100352, max_pixels=602112, total_pixels=1000)
+    assert tiny_budget == int(100352 * 1.05)
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(16, 5000), w=st.integers(16, 5000))
+def test_smart_resize_invariants(h, w):
+    if max(h, w) / min(h, w) > 200:
+        return
+    min_px, max_px = 128 * 28 * 28, 768 * 28 * 28
+    new_h, new_w = smart_resize(h, w, min_pixels=min_px, max_pixels=max_px)
+    assert new_h % 28 == 0 and new_w % 28 == 0
+    assert new_h * new_w <= max_px
+    assert new_h * new_w >= min_px or new_h == 28 or new_w == 28
+    if max(h, w) / min(h, w) <= 10:  # aspect kept up to rounding to the 28-pixel grid
+        assert abs(math.log((new_h / new_w) / (h / w))) < 0.5
+
+
+def test_smart_resize_rejects_extreme_aspect_ratio():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(10, 3000, min_pixels=1, max_pixels=10**9)
+
+
+def test_golden_patches_are_reproduced_exactly(golden_path):
+    golden = np.load(golden_path)
+    for case in ("t4_56x84", "t5_84x56", "t2_112x112"):
+        patches, grid = video_patches(golden[f"{case}_frames"])
+        expected = golden[f"{case}_pixel_values_videos"]
+        assert patches.dtype == np.float32
+        assert patches.shape == expected.shape
+        assert np.array_equal(patches, expected), case
+        assert grid.tolist() == golden[f"{case}_video_grid_thw"].reshape(-1).tolist()
+
+
+def test_odd_frame_count_repeats_last_frame(golden_path):
+    frames = np.load(golden_path)["t5_84x56_frames"]
+    padded, _ = video_patches(np.concatenate([frames, frames[-1:]]))
+    odd, grid = video_patches(frames)
+    assert np.array_equal(odd, padded)
+    assert grid[0] == 3
+    assert video_token_count(grid) == 3 * 6 * 4 // 4
+
+
+def test_patches_reject_sizes_not_multiple_of_28():
+    with pytest.raises(ValueError, match="multiple of 28"):
+        video_patches(np.zeros((2, 30, 56, 3), np.uint8))
+    with pytest.raises(ValueError, match="expected"):
+        video_patches(np.zeros((2, 28, 28), np.uint8))
