@@ -17,6 +17,8 @@ from . import __version__
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("tiny-model", "tiny_model"),
+    ("serve", "serve"),
+    ("score-project", "score_project"),
 ]
 
 

@@ -91,6 +91,10 @@ class LabelStudioApi:
         self._call(f"rename ML backend {backend.id}", self._sdk.ml.update, backend.id, url=backend.url,
                    project=backend.project, title=title)
 
+    def project_label_config(self, project_id: int) -> str:
+        project = self._call(f"read project {project_id}", self._sdk.projects.get, project_id)
+        return project.label_config or ""
+
     def project_model_version(self, project_id: int) -> str:
         project = self._call(f"read project {project_id}", self._sdk.projects.get, project_id)
         return project.model_version or ""

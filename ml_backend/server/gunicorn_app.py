@@ -42,9 +42,12 @@ class BackendApplication(BaseApplication):
             "errorlog": "-",
             "loglevel": self.log_level,
             "proc_name": "mdsvqa-serve",
+            # gunicorn >= 25 opens a control socket in ~/.gunicorn; two backends on one host would clash
+            "control_socket_disable": True,
         }
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
 
     def load(self):
         from .app import create_app

@@ -250,11 +250,12 @@ class ScoringQueue:
                 self._complete(job, JobOutcome(None, f"model unavailable: {exc}", final=False))
             return
         todo: dict[Path, list[ScoreJob]] = {}
+        media_of = {job: media for job, media in batch}
         for job, media in batch:
             cached = scorer.cached_result(media.path)
             if cached is not None:
                 self._metrics.videos_scored.labels("content_cache").inc()
-                self._complete(job, self._outcome_of(cached))
+                self._complete(job, self._outcome_of(cached, media, job))
             else:
                 todo.setdefault(media.path, []).append(job)
         if not todo:
@@ -264,7 +265,7 @@ class ScoringQueue:
                 for result in scorer.score_paths(list(todo)):
                     for job in todo.pop(Path(result.path), []):
                         self._metrics.videos_scored.labels("ok" if result.ok else "error").inc()
-                        self._complete(job, self._outcome_of(result))
+                        self._complete(job, self._outcome_of(result, media_of[job], job))
             except Exception as exc:
                 log.exception("scoring a batch of %d videos failed", len(batch))
                 for jobs in todo.values():
@@ -276,10 +277,12 @@ class ScoringQueue:
                 self._complete(job, JobOutcome(None, "the scorer returned no result for this video", final=False))
 
     @staticmethod
-    def _outcome_of(result) -> JobOutcome:
+    def _outcome_of(result, media: LocalMedia, job: ScoreJob) -> JobOutcome:
         if result.ok and result.difficulty is not None:
             return JobOutcome(float(result.difficulty), None, final=True)
-        return JobOutcome(None, result.error or "the model gave no usable difficulty", final=True)
+        message = result.error or "the model gave no usable difficulty"
+        # name the video as the task does, not by our temporary download path
+        return JobOutcome(None, message.replace(str(media.path), describe(job.request.ref)), final=True)
 
     def _complete(self, job: ScoreJob, outcome: JobOutcome) -> None:
         try:

@@ -317,7 +317,9 @@ class BackendService:
 def _load_real_scorer(settings: Settings) -> Scorer:
     from ..scoring import DifficultyScorer
 
-    return DifficultyScorer.from_settings(settings)
+    scorer = DifficultyScorer.from_settings(settings)
+    scorer.loaded  # load the weights now, not on the first request (/health says "loading" meanwhile)
+    return scorer
 
 
 __all__ = ["BackendService", "BadRequestError", "LabelConfigError", "ModelNotReadyError", "ProjectConfig"]

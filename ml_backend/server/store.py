@@ -4,7 +4,8 @@ The scorer caches by file content, which needs the file; a /predict for 100 cach
 tasks must not download 100 videos. So the backend also remembers the outcome per
 (model version, media reference) and answers those from memory. It survives restarts.
 Only final outcomes are stored: a score, or a video the model cannot read. Download
-failures are not (the next request retries them).
+failures are not (the next request retries them), and stored failures expire after an
+hour, in case the cause was passing (a model error under memory pressure).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ERROR_RETRY_S = 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS media_scores (
@@ -48,6 +51,7 @@ class StoredOutcome:
 
     difficulty: float | None
     error: str | None
+    updated_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -76,17 +80,18 @@ class BackendStore:
         key = (model_version, media_key)
         with self._lock:
             hit = self._memory.get(key)
-            if hit is not None:
-                self._memory.move_to_end(key)
-                return hit
-            row = self._db.execute(
-                "SELECT difficulty, error FROM media_scores WHERE model_version=? AND media_key=?", key
-            ).fetchone()
-            if row is None:
-                return None
-            outcome = StoredOutcome(row[0], row[1])
-            self._remember(key, outcome)
-            return outcome
+            if hit is None:
+                row = self._db.execute(
+                    "SELECT difficulty, error, updated_at FROM media_scores WHERE model_version=? AND media_key=?",
+                    key,
+                ).fetchone()
+                if row is None:
+                    return None
+                hit = StoredOutcome(row[0], row[1], row[2])
+            self._remember(key, hit)
+        if not hit.ok and time.time() - hit.updated_at > ERROR_RETRY_S:
+            return None
+        return hit
 
     def save_outcome(self, model_version: str, media_key: str, outcome: StoredOutcome) -> None:
         key = (model_version, media_key)
@@ -95,7 +100,7 @@ class BackendStore:
                 "INSERT OR REPLACE INTO media_scores VALUES (?, ?, ?, ?, ?)",
                 (*key, outcome.difficulty, outcome.error, time.time()),
             )
-            self._remember(key, outcome)
+            self._remember(key, StoredOutcome(outcome.difficulty, outcome.error, time.time()))
 
     def _remember(self, key: tuple[str, str], outcome: StoredOutcome) -> None:
         self._memory[key] = outcome
