@@ -87,9 +87,17 @@ class LabelStudioApi:
         return list(self._call(f"list ML backends of project {project_id}", self._sdk.ml.list, project=project_id))
 
     def set_ml_backend_title(self, backend: Any, title: str) -> None:
-        """PATCH with url and project too: a title alone makes Label Studio 1.23 answer 500 (SPEC 7)."""
+        """Rename an ML backend entry without changing anything else about it.
+
+        Label Studio validates a PATCH by calling the backend's /health and /setup with the
+        fields sent, so url and project must be sent (a title alone gives a 500, SPEC 7) and,
+        for Basic Auth, the auth method and user too; an empty password keeps the stored one.
+        """
+        auth: dict[str, Any] = {}
+        if str(getattr(backend, "auth_method", "NONE") or "NONE") == "BASIC_AUTH":
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": backend.basic_auth_user, "basic_auth_pass": ""}
         self._call(f"rename ML backend {backend.id}", self._sdk.ml.update, backend.id, url=backend.url,
-                   project=backend.project, title=title)
+                   project=backend.project, title=title, **auth)
 
     def project_label_config(self, project_id: int) -> str:
         project = self._call(f"read project {project_id}", self._sdk.projects.get, project_id)
