@@ -20,8 +20,6 @@ from pathlib import Path
 
 import requests
 
-from ml_backend.settings import Settings  # noqa: F401  (the suite runs with the project importable)
-
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = REPO / "scripts" / "install_label_studio.sh"
 LS_VERSION = "1.23.2"

@@ -259,3 +259,36 @@ def test_restarted_backend_keeps_its_cache(label_studio, backend, project, versi
     assert after == before
     assert fresh.metric('mdsvqa_videos_scored_total{result="ok"}') == 0, "nothing went through the model again"
     assert fresh.metric('mdsvqa_task_predictions_total{outcome="cached"}') >= len(project["good"])
+
+
+def test_background_pass_and_late_predictions(label_studio, tiny_model, tmp_path):
+    """A backend with MDSVQA_SCORE_PROJECT_ON_SETUP predicts a new project by itself; with a tiny
+    /predict deadline, a retrieval answers at once and the predictions arrive later, once each."""
+    from tests.media import encode_video, moving_pattern
+
+    base, adapter = tiny_model
+    fresh = [encode_video(tmp_path / f"fresh{i}.mp4", moving_pattern(50, 240, 320, seed=i)) for i in range(4)]
+    backend = start_backend(base=base, adapter=adapter, cache_dir=tmp_path / "cache", log=tmp_path / "backend.log",
+                            extra_env={"MDSVQA_SCORE_PROJECT_ON_SETUP": "true", "MDSVQA_PREDICT_DEADLINE_S": "0.1"})
+    try:
+        version = backend.health()["model_version"]
+        project_id = label_studio.create_project("mdsvqa background", LABEL_CONFIG)
+        first = label_studio.upload(project_id, fresh[:2])
+        label_studio.api("POST", "/api/ml", json={"url": backend.url, "project": project_id, "title": "bg"})
+        wait_for(lambda: set(current_predictions(label_studio, project_id, version)) == set(first), timeout=120,
+                 what="background pass predicted the project")
+
+        later = label_studio.upload(project_id, fresh[2:])
+        started = time.monotonic()
+        label_studio.dm_action(project_id, "retrieve_tasks_predictions")
+        assert time.monotonic() - started < 10
+        wait_for(lambda: set(current_predictions(label_studio, project_id, version)) == set(first + later),
+                 timeout=120, what="late predictions pushed")
+        assert backend.metric('mdsvqa_task_predictions_total{outcome="deferred"}') >= 1
+        label_studio.dm_action(project_id, "retrieve_tasks_predictions")
+        wait_for(lambda: backend.metric("mdsvqa_queue_length") == 0, timeout=30, what="queue drained")
+        predictions = current_predictions(label_studio, project_id, version)
+        assert all(len(found) == 1 for found in predictions.values()), predictions
+        assert label_studio.project(project_id)["model_version"] == version
+    finally:
+        stop_process(backend.process)

@@ -19,7 +19,7 @@ import logging
 import queue as stdqueue
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -301,10 +301,3 @@ class ScoringQueue:
             except Exception:
                 log.exception("task %s: handing over a late result failed", target.task_id)
 
-
-@dataclass
-class WaitResult:
-    """What one /predict got from its jobs by its deadline."""
-
-    outcomes: dict[int, JobOutcome | StoredOutcome] = field(default_factory=dict)  # by position in the request
-    deferred: list[int] = field(default_factory=list)  # positions still scoring; pushed later if possible

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..errors import MdsVqaError
 from ..labelstudio.client import Connection
-from ..labelstudio.config import ConfigCache, LabelConfigError, ProjectConfig
+from ..labelstudio.config import ConfigCache
 from ..labelstudio.media import MediaResolver, media_key
 from ..settings import Settings
 from .auth import AccessPolicy
@@ -321,5 +321,3 @@ def _load_real_scorer(settings: Settings) -> Scorer:
     scorer.loaded  # load the weights now, not on the first request (/health says "loading" meanwhile)
     return scorer
 
-
-__all__ = ["BackendService", "BadRequestError", "LabelConfigError", "ModelNotReadyError", "ProjectConfig"]
