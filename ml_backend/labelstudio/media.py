@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
+STALE_DOWNLOAD_S = 24 * 3600.0
 
 
 class MediaError(MdsVqaError):
@@ -125,6 +126,19 @@ class MediaResolver:
             timeout=httpx.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=read, write=read, pool=read),
             follow_redirects=True,  # httpx drops Authorization on redirects to another host
         )
+        self._remove_stale_downloads()
+
+    def _remove_stale_downloads(self) -> None:
+        """Files a killed process left behind (live ones are minutes old at most)."""
+        if not self.download_dir.is_dir():
+            return
+        cutoff = time.time() - STALE_DOWNLOAD_S
+        for leftover in self.download_dir.glob("media-*"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._http.close()
