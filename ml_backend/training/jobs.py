@@ -237,8 +237,17 @@ class JobManager:
             time.sleep(0.01)
         return fd
 
-    def start_training(self, **params: Any) -> JobStatus:
-        """Start a training run; ``params`` are those of :func:`ml_backend.training.pipeline.training_job`."""
+    def start_training(self, labels: str | os.PathLike, **params: Any) -> JobStatus:
+        """Start a training run of this model directory in a job process.
+
+        ``params`` are the keyword arguments of :func:`ml_backend.training.pipeline.training_job`
+        (objective, adapter, settings, mos_range, source_labels, activate); paths are made
+        absolute here because the job may run from another working directory.
+        """
+        params["labels"] = str(Path(labels).resolve())
+        if params.get("source_labels"):
+            params["source_labels"] = str(Path(params["source_labels"]).resolve())
+        params["model_dir"] = str(self.model_dir.resolve())
         return self.start(TRAINING_TARGET, params)
 
     def cancel(self, job_id: str | None = None) -> JobStatus:

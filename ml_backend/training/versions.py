@@ -54,6 +54,10 @@ def new_version_id(kind: Kind, when: dt.datetime | None = None) -> str:
     return f"{kind}-{when:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def looks_like_version_id(text: str) -> bool:
+    return bool(_ID.match(text))
+
+
 def _check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise VersionError(f"unknown version kind {kind!r}; expected one of {KINDS}")
