@@ -61,6 +61,14 @@ def test_load_labels_keeps_good_rows_and_reports_each_bad_one(label_dir):
     assert "2 usable label(s), 11 skipped" in labels.report()
 
 
+def test_optional_f_score_is_read_and_checked(label_dir):
+    lines = [json.dumps({"video": "good1.mp4", "mos": 4, "f_score": 3.5}),
+             json.dumps({"video": "good2.mp4", "mos": 2, "f_score": "high"})]
+    labels = load_labels(write_jsonl(label_dir / "labels.jsonl", lines))
+    assert [(r.video.name, r.f_score) for r in labels.rows] == [("good1.mp4", 3.5)]
+    assert [p.line for p in labels.problems] == [2] and "f_score" in labels.problems[0].reason
+
+
 def test_missing_label_file_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingDataError, match="does not exist"):
         load_labels(tmp_path / "nope.jsonl")

@@ -1,6 +1,7 @@
 """Label rows for training: loading with per-row problems, a deterministic split, a data hash.
 
-Labels arrive as JSONL (``{"video": path, "mos": x}`` per line) from ``mdsvqa train``
+Labels arrive as JSONL (``{"video": path, "mos": x}`` per line, optionally with
+``"f_score"``: the quality model's score, precomputed e.g. by ``mdsvqa score``) from ``mdsvqa train``
 or as records from Label Studio annotations. One bad row must not sink a training
 run, and must not vanish silently either: every rejected row is returned with its
 reason. Too few usable labels for a train/held-out split is refused up front, before
@@ -29,6 +30,7 @@ class LabelRow:
     video: Path
     mos: float
     line: int  # 1-based line (or record number) where it came from
+    f_score: float | None = None  # optional precomputed quality-model score (difficulty objective)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ def labels_from_records(records: Iterable[tuple[int, Any]], base_dir: Path | Non
         if mos is None:
             problems.append(RowProblem(line, video_raw, f'"mos" is not a finite number: {record["mos"]!r}'))
             continue
+        f_score = None
+        if record.get("f_score") is not None:
+            f_score = _mos_value(record["f_score"])
+            if f_score is None:
+                problems.append(RowProblem(line, video_raw, f'"f_score" is not a finite number: {record["f_score"]!r}'))
+                continue
         video = Path(video_raw).expanduser()
         if not video.is_absolute() and base_dir is not None:
             video = base_dir / video
@@ -115,7 +123,7 @@ def labels_from_records(records: Iterable[tuple[int, Any]], base_dir: Path | Non
                 problems.append(RowProblem(line, video_raw, str(exc)))
                 continue
         seen[video] = line
-        rows.append(LabelRow(video, mos, line))
+        rows.append(LabelRow(video, mos, line, f_score))
     return LabelSet(tuple(rows), tuple(problems))
 
 

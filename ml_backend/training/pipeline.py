@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Activation = Literal["never", "always", "if-better"]
 Progress = Callable[[float, str], None]
+QualityScorer = Callable[[list[Path]], np.ndarray]  # f's score per video, NaN where it has none
 
 
 @dataclass
@@ -73,7 +74,8 @@ def _better(before: dict | None, after: dict | None) -> bool:
 def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathLike, *,
                  settings: Settings | None = None, objective: str | None = None, adapter: str | None = "stock",
                  mos_range: tuple[float, float] | None = None, source_labels: str | os.PathLike | None = None,
-                 activate: Activation = "if-better", progress: Progress | None = None) -> TrainingOutcome:
+                 activate: Activation = "if-better", progress: Progress | None = None,
+                 quality_scorer: QualityScorer | None = None) -> TrainingOutcome:
     """Train one version and publish it in ``model_dir``'s version store.
 
     ``adapter``: where training starts. "stock" = a fresh LoRA on f for the quality
@@ -81,6 +83,9 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
     active version of that kind (stock if none); a version id; or an adapter folder/hub id.
     ``source_labels``: an optional second label set (e.g. the source-domain set) trained
     alongside, in batches of its own; evaluation uses the held-out target labels only.
+    ``quality_scorer``: the difficulty objective's f scores for videos whose label row has
+    no ``f_score``; default: sampled answers of the base with the adapter disabled (e.g.
+    pass a constrained-decoding scorer, which always yields a score).
     """
     from . import loop
     from .policy import Policy
@@ -118,12 +123,17 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
     # 3. Quality scores of f (difficulty objective: e = |f - MOS|), adapter disabled.
     f_scores: dict[Path, float] = {}
     if objective == "difficulty":
-        report(0.05, "scoring videos with the quality model")
-        videos = [r.video for r in all_rows] + [r.video for r in source_rows]
-        predicted = policy.predict(videos, "quality", samples=ts.eval_samples, temperature=ts.temperature,
-                                   max_new_tokens=ts.max_new_tokens, use_adapter=False)
-        f_scores = {v: float(s) for v, s in zip(videos, predicted) if math.isfinite(s)}
-        missing = len(videos) - len(f_scores)
+        all_labelled = all_rows + source_rows
+        f_scores = {r.video: r.f_score for r in all_labelled if r.f_score is not None}
+        videos = [r.video for r in all_labelled if r.f_score is None]
+        if videos:
+            report(0.05, f"scoring {len(videos)} video(s) with the quality model")
+            scorer = quality_scorer or (lambda paths: policy.predict(
+                paths, "quality", samples=ts.eval_samples, temperature=ts.temperature,
+                max_new_tokens=ts.max_new_tokens, use_adapter=False))
+            predicted = np.asarray(scorer(videos), dtype=np.float64)
+            f_scores.update({v: float(s) for v, s in zip(videos, predicted) if math.isfinite(s)})
+        missing = len(all_labelled) - len(f_scores)
         if missing:
             log.warning("%d video(s) got no parseable quality score and are left out of difficulty training", missing)
 

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         _write(job_dir, replace(context.status, state="failed", finished=_now(), message="failed",
                                 error=f"{type(exc).__name__}: {exc}"))
         return 1
-    _write(job_dir, replace(context.status, state="succeeded", finished=_now(), progress=1.0, message="done",
+    last_message = context.status.message if context.status.message != "running" else ""
+    _write(job_dir, replace(context.status, state="succeeded", finished=_now(), progress=1.0,
+                            message=last_message or "done",
                             result=dict(result or {})))
     log.info("job %s succeeded: %s", status.job_id, result)
     return 0
