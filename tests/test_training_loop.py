@@ -131,3 +131,15 @@ def test_fresh_lora_starts_at_the_reference(tiny_model_dir):
     reports = train(policy, [TrainExample(v, float(i)) for i, v in enumerate(VIDEOS)], settings.training,
                     "quality")
     assert reports[0].kl == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: policy == reference
+
+
+def test_gradient_checkpointing_still_trains_only_lora(tiny_model_dir):
+    settings = tiny_settings(tiny_model_dir, max_steps=1, gradient_checkpointing=True)
+    policy = Policy.load(settings, str(tiny_model_dir / "adapter"))
+    assert policy.model.get_base_model().is_gradient_checkpointing
+    before = snapshot(policy)
+    reports = train(policy, [TrainExample(v, float(i)) for i, v in enumerate(VIDEOS)], settings.training,
+                    "quality")
+    assert math.isfinite(reports[0].loss)
+    moved = changed(policy, before)
+    assert moved and all("lora_" in name for name in moved)

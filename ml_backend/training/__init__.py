@@ -1,6 +1,6 @@
 """Active fine-tuning: reward and loss math, evaluation, label data, the version store and training jobs.
 
-Modules here import only numpy/scipy at the top; torch and transformers are imported
-inside the functions that need them (``loop``), so the web process can use the version
-store and the job API without loading a model stack.
+Only ``loop`` and ``policy`` import torch/transformers at the top, and only the
+training process imports them (``pipeline`` does so inside ``run_training``), so the
+web process can use the version store and the job API without loading a model stack.
 """
