@@ -17,6 +17,7 @@ from . import __version__
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("tiny-model", "tiny_model"),
+    ("train", "train"),
 ]
 
 
