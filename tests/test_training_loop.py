@@ -13,7 +13,7 @@ from ml_backend.settings import Settings
 from ml_backend.training.loop import TrainExample, make_batches, policy_gradient_loss, train
 from ml_backend.training.policy import Policy, completion_mask
 
-from .training_helpers import SHARED_VIDEOS, tiny_model_dir  # noqa: F401  (fixture)
+from .training_helpers import SHARED_VIDEOS
 
 VIDEOS = sorted(SHARED_VIDEOS.glob("*.mp4"))
 

@@ -20,7 +20,7 @@ from ml_backend.training.jobs import JobManager
 from ml_backend.training.pipeline import run_training
 from ml_backend.training.versions import VersionStore
 
-from .training_helpers import SHARED_VIDEOS, tiny_model_dir  # noqa: F401  (fixture)
+from .training_helpers import SHARED_VIDEOS
 
 TRAINING = dict(max_frames=4, max_pixels=56 * 56, max_new_tokens=8, group_size=2, videos_per_step=3, max_steps=1,
                 learning_rate=1e-3, min_train_labels=2, min_held_out_labels=3, held_out_fraction=0.5)

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_VIDEOS = REPO_ROOT.parent.parent / "shared" / "videos"
-if not SHARED_VIDEOS.is_dir():
-    SHARED_VIDEOS = Path("/work/shared/videos")
+from tests.media import VIDEOS as SHARED_VIDEOS  # noqa: E402,F401
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
@@ -40,13 +38,3 @@ def child_env() -> dict[str, str]:
 def spawn_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
     """Start ``python -c code args...`` with the repository importable."""
     return subprocess.Popen([sys.executable, "-c", code, *args], env=child_env(), cwd=REPO_ROOT, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen2.5-VL base and adapter on disk, written once per test session."""
-    from ml_backend.model.tiny import write_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    write_tiny_model(root)
-    return root

@@ -13,42 +13,16 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-TEMP_PREFIX = ".tmp-"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames and creations inside ``path`` durable (best effort where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from ..fileio import TEMP_PREFIX, fsync_dir  # noqa: F401  (re-exported for the store)
+from ..fileio import atomic_write_json as _atomic_write_json
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` with JSON text: temp file in the same folder, fsync, os.replace, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replace ``path`` with JSON text (sorted keys): temp file, fsync, os.replace, fsync folder."""
+    _atomic_write_json(path, obj, sort_keys=True)
 
 
 def read_json(path: Path) -> Any:

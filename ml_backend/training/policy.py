@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from ..errors import ModelNotFoundError
-from ..model.loading import TINY_WARNING, Runtime, _patch_layout, choose_runtime
+from ..model.loading import TINY_WARNING, Runtime, patch_layout, choose_runtime
 from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
-from ..prompts import Task, video_messages
+from ..prompts import Task
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
-from ..video.patches import PatchLayout, video_patches, video_token_count
+from ..scoring.inputs import PromptEncoder
+from ..video.patches import PatchLayout, video_patches
 from .rewards import parse_scores
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,15 @@ class Policy:
         self.base = base
         self.start_adapter = start_adapter
         self.video_settings = video_settings
-        self.layout: PatchLayout = _patch_layout(processor)
+        self.layout: PatchLayout = patch_layout(processor)
         self.device = torch.device(runtime.device)
         config = model.get_base_model().config
-        self.video_token_id = int(config.video_token_id)
+        # Training prompts carry no "Video 1: " id (SPEC section 2).
+        self.prompts = PromptEncoder(processor, int(config.video_token_id), self.layout.merge_size, vision_id=False)
         generation = model.get_base_model().generation_config
         eos = generation.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         self.pad_id = int(generation.pad_token_id if generation.pad_token_id is not None else self.eos_ids[0])
-        self._prompt_halves: dict[str, tuple[list[int], list[int]]] = {}
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -131,24 +132,11 @@ class Policy:
 
     # --- inputs ----------------------------------------------------------------------------------
 
-    def _halves(self, task: Task) -> tuple[list[int], list[int]]:
-        """Prompt token ids before and after the single video placeholder (rendered once per task)."""
-        if task not in self._prompt_halves:
-            text = self.processor.apply_chat_template(video_messages(task), tokenize=False,
-                                                      add_generation_prompt=True, add_vision_id=False)
-            ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if ids.count(self.video_token_id) != 1:
-                raise ModelNotFoundError("the chat template must place exactly one video placeholder")
-            cut = ids.index(self.video_token_id)
-            self._prompt_halves[task] = (ids[:cut], ids[cut + 1:])
-        return self._prompt_halves[task]
-
     def encode(self, video: Path, task: Task) -> VideoPrompt:
         """Decode ``video`` at the training size and build its prompt (raises VideoError on bad files)."""
         decoded = decode_video(video, self.video_settings)
         patches, grid = video_patches(decoded.frames, self.layout)
-        before, after = self._halves(task)
-        ids = before + [self.video_token_id] * video_token_count(grid, self.layout.merge_size) + after
+        ids = self.prompts.prompt_ids(task, grid)
         return VideoPrompt(
             input_ids=torch.tensor([ids], device=self.device),
             pixel_values_videos=torch.from_numpy(patches).to(self.device, getattr(torch, self.runtime.dtype)),
@@ -171,7 +159,8 @@ class Policy:
                     pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
                     second_per_grid_ts=[prompt.second_per_grid], do_sample=True, temperature=temperature,
                     top_k=TOP_K, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=count,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+                    suppress_tokens=self.prompts.placeholder_ids())
         finally:
             self.model.train(was_training)
         tokens = sequences[:, prompt.input_ids.shape[1]:]
