@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench docker-check clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
@@ -18,3 +18,6 @@ bench: setup
 
 clean:
 	rm -rf .cache .pytest_cache scores.json
+
+docker-check:
+	scripts/docker_check.sh

@@ -16,9 +16,11 @@ from . import __version__
 # (subcommand, module under ml_backend.commands). Each module has add_parser(subparsers).
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
+    ("features", "features"),
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),
+    ("train", "train"),
 ]
 
 

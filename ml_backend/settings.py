@@ -46,6 +46,32 @@ class VideoSettings(BaseSettings):
         return self
 
 
+class TrainingSettings(BaseSettings):
+    """Active fine-tuning knobs (SPEC section 6 defaults; CPU-sized limits where noted)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_TRAIN_", extra="forbid")
+
+    objective: Literal["quality", "difficulty"] = Field(
+        "quality", description="'quality' fine-tunes f (GRPO); 'difficulty' trains the failure predictor g (REINFORCE)."
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the LoRA weights.")
+    epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    videos_per_step: int = Field(8, ge=2, description="Videos per optimizer step (rewards compare videos of one step).")
+    group_size: int = Field(4, ge=2, description="Sampled answers per video for GRPO (G).")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the KL term to the adapter-disabled reference.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest sampled answer of a rollout.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the language model.")
+    max_frames: int = Field(14, ge=2, description="Frames per training video (reference: at most 14).")
+    max_pixels: int = Field(504 * 504, gt=0, description="Area of one training frame (reference: 504x504).")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="Share of labels kept out of training for evaluation.")
+    split_seed: int = Field(0, description="Seed of the deterministic train/held-out split and of the rollouts.")
+    min_train_labels: int = Field(4, ge=2, description="Refuse to train with fewer training labels.")
+    min_held_out_labels: int = Field(5, ge=3, description="Refuse to train with fewer held-out labels (SRCC needs some).")
+    eval_samples: int = Field(1, ge=1, description="Sampled answers averaged per held-out video when evaluating.")
+
+
 class Settings(BaseSettings):
     """Everything a run of ``mdsvqa`` can be told from the environment."""
 
@@ -126,6 +152,7 @@ class Settings(BaseSettings):
     )
 
     video: VideoSettings = Field(default_factory=VideoSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
     def cache_path(self) -> Path:

@@ -1,0 +1,40 @@
+"""Helpers of the training tests: condition polling, child processes, the tiny model fixture.
+
+A plain module (not conftest.py) so it merges without touching other test helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.media import VIDEOS as SHARED_VIDEOS  # noqa: E402,F401
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start ``python -c code args...`` with the repository importable."""
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=child_env(), cwd=REPO_ROOT, **kwargs)
