@@ -148,15 +148,3 @@ class FakeServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail with ``message`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
-        time.sleep(interval)

@@ -13,7 +13,8 @@ from ml_backend.server.app import create_app
 from ml_backend.server.auth import WEBHOOK_SECRET_HEADER, derive_webhook_secret
 from ml_backend.server.service import BackendService
 from ml_backend.settings import Settings
-from tests.backend_fakes import FAKE_VERSION, FakeScorer, FakeServer, wait_until
+from tests.backend_fakes import FAKE_VERSION, FakeScorer, FakeServer
+from tests.conditions import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_CONFIG = (REPO / "label_config.xml").read_text()
@@ -58,7 +59,7 @@ def predict(client, tasks, **extra):
 
 
 def wait_ready(client):
-    wait_until(lambda: client.get("/health").json["model"] == "ready", message="model ready")
+    wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
 
 
 # -- health, setup --------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def test_failed_model_load_is_reported(tmp_path):
 
     service = BackendService(Settings(cache_dir=tmp_path), scorer_factory=broken)
     client = create_app(service=service).test_client()
-    wait_until(lambda: client.get("/health").json["model"] == "failed")
+    wait_for(lambda: client.get("/health").json["model"] == "failed")
     assert "weights not found" in client.get("/health").json["error"]
     response = client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG})
     assert response.status_code == 500 and "weights not found" in response.json["error"]
@@ -204,8 +205,8 @@ def test_deadline_defers_and_pushes_late_results(tmp_path, media_root):
             assert all("still scoring" in e["error"] for e in response.json["errors"])
             assert label_studio.predictions == []
             scorer.gate.set()
-            posted = wait_until(lambda: len(label_studio.predictions) == 2 and label_studio.predictions,
-                                message="late predictions posted")
+            posted = wait_for(lambda: len(label_studio.predictions) == 2 and label_studio.predictions,
+                                what="late predictions posted")
             by_task = {p["task"]: p for p in posted}
             assert set(by_task) == {41, 42}
             assert by_task[41]["model_version"] == FAKE_VERSION
@@ -235,8 +236,8 @@ def test_result_ready_for_a_live_request_is_not_also_pushed(tmp_path, media_root
             holder = {}
             waiter = threading.Thread(target=lambda: holder.setdefault("r", predict(client, [task(7, "b.mp4")])))
             waiter.start()
-            wait_until(lambda: any(7 in job._watchers for job in service.queue._jobs.values()),
-                       message="second request watching the job")
+            wait_for(lambda: any(7 in job._watchers for job in service.queue._jobs.values()),
+                       what="second request watching the job")
             scorer.gate.set()
             waiter.join(10)
             assert holder["r"].json["results"][0]["result"]
@@ -262,11 +263,11 @@ def test_interactive_request_overtakes_a_big_batch(tmp_path):
         wait_ready(client)
         big = threading.Thread(target=predict, args=(client, [task(i, f"v{i}.mp4") for i in range(11)]))
         big.start()
-        wait_until(lambda: len(scorer.calls) >= 1, message="big batch started")
+        wait_for(lambda: len(scorer.calls) >= 1, what="big batch started")
         single = {}
         one = threading.Thread(target=lambda: single.setdefault("r", predict(client, [task(99, "v11.mp4")])))
         one.start()
-        wait_until(lambda: service.queue.pending >= 12, message="single request queued")
+        wait_for(lambda: service.queue.pending >= 12, what="single request queued")
         scorer.gate.set()
         one.join(10)
         big.join(30)

@@ -14,19 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.conditions import wait_for  # noqa: F401  (re-exported)
 from tests.media import VIDEOS as SHARED_VIDEOS  # noqa: E402,F401
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def child_env() -> dict[str, str]:
