@@ -17,6 +17,7 @@ from . import __version__
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("features", "features"),
+    ("report", "report"),
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),
