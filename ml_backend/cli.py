@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("features", "features"),
     ("report", "report"),
+    ("demo", "demo"),
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),
