@@ -1,0 +1,80 @@
+"""Cheap upper bounds on Chamfer distances, to skip videos that cannot win a greedy step.
+
+With c_A any point (here the float32 centroid of A's frames), r_A(x) = ||x - c_A||,
+mean_r_A and min_r_A their mean and minimum over A's frames, the triangle inequality
+gives for every frame x of A and the frame y* of B closest to c_B
+
+    min_y ||x - y|| <= ||x - y*|| <= r_A(x) + ||c_A - c_B|| + min_r_B
+
+so, averaging and symmetrising,
+
+    D(A, B) <= ||c_A - c_B|| + (mean_r_A + min_r_A + mean_r_B + min_r_B) / 2.
+
+Centroid distances are computed in float32 through one matrix-vector product, with the
+rigorous rounding bound added before the square root, so the bound always holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_SAFETY = 1e-6  # relative slack for the square root and the float64 sums
+_CHUNK_FRAMES = 65536
+_CHUNK_VIDEOS = 256
+
+
+class CentroidBounds:
+    """Per-video centroid and radii; upper bounds of D(x, s) for every video x at once."""
+
+    def __init__(self, store: torch.Tensor, offsets: np.ndarray) -> None:
+        device = store.device
+        n_videos, dim = len(offsets) - 1, store.shape[1]
+        lengths = np.diff(offsets)
+        video_of_frame = torch.from_numpy(np.repeat(np.arange(n_videos), lengths)).to(device)
+        lengths_t = torch.from_numpy(lengths).to(device=device, dtype=torch.float64)
+
+        sums = torch.zeros((n_videos, dim), dtype=torch.float64, device=device)
+        for start in range(0, store.shape[0], _CHUNK_FRAMES):
+            stop = start + _CHUNK_FRAMES
+            sums.index_add_(0, video_of_frame[start:stop], store[start:stop].to(torch.float64))
+        self.centroids = (sums / lengths_t.unsqueeze(1)).to(torch.float32)
+        del sums
+
+        radius_sum = torch.zeros(n_videos, dtype=torch.float64, device=device)
+        radius_min = torch.full((n_videos,), float("inf"), dtype=torch.float64, device=device)
+        for start in range(0, store.shape[0], _CHUNK_FRAMES):
+            stop = start + _CHUNK_FRAMES
+            owner = video_of_frame[start:stop]
+            diff = store[start:stop].to(torch.float64) - self.centroids[owner].to(torch.float64)
+            radius = diff.square_().sum(dim=1).sqrt_()
+            radius_sum.index_add_(0, owner, radius)
+            radius_min.scatter_reduce_(0, owner, radius, reduce="amin")
+        self.radius_term = ((radius_sum / lengths_t + radius_min) / 2).cpu().numpy()
+        centroid_sq = self.centroids.to(torch.float64).square().sum(dim=1)
+        self.centroid_sq = centroid_sq.to(torch.float32)
+        self.gamma = (2 * dim + 8) * 2.0**-24  # float32 dot-product rounding bound
+
+    def _centroid_distance(self, dots: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Upper bound of ||c_x - c_t|| from float32 dot products (n_videos, n_targets), float64."""
+        scale = self.centroid_sq.unsqueeze(1) + self.centroid_sq[targets].unsqueeze(0)
+        squared = scale - 2 * dots + self.gamma * scale
+        return squared.clamp_min_(0).to(torch.float64).sqrt_()
+
+    def to_video(self, target: int) -> np.ndarray:
+        """Upper bound of D(x, target) for every video x, float64 (n_videos,)."""
+        targets = torch.tensor([target], device=self.centroids.device)
+        dots = self.centroids @ self.centroids[target].unsqueeze(1)
+        distance = self._centroid_distance(dots, targets)[:, 0].cpu().numpy()
+        return (distance + self.radius_term + self.radius_term[target]) * (1 + _SAFETY)
+
+    def sum_to(self, targets: np.ndarray) -> np.ndarray:
+        """Sum over ``targets`` of the upper bound of D(x, t), for every video x."""
+        total = np.zeros(len(self.radius_term), dtype=np.float64)
+        for start in range(0, len(targets), _CHUNK_VIDEOS):
+            part = torch.from_numpy(np.asarray(targets[start : start + _CHUNK_VIDEOS])).to(self.centroids.device)
+            dots = self.centroids @ self.centroids[part].t()
+            distance = self._centroid_distance(dots, part).sum(dim=1).cpu().numpy()
+            radii = len(part) * self.radius_term + self.radius_term[part.cpu().numpy()].sum()
+            total += (distance + radii) * (1 + _SAFETY)
+        return total
