@@ -32,28 +32,29 @@ class CentroidBounds:
         n_videos, dim = len(offsets) - 1, store.shape[1]
         lengths = np.diff(offsets)
         video_of_frame = torch.from_numpy(np.repeat(np.arange(n_videos), lengths)).to(device)
-        lengths_t = torch.from_numpy(lengths).to(device=device, dtype=torch.float64)
+        lengths_t = torch.from_numpy(lengths).to(device=device, dtype=torch.float32)
+        unit_roundoff = 2.0**-24
 
-        sums = torch.zeros((n_videos, dim), dtype=torch.float64, device=device)
+        # Any centre gives a valid bound, so a float32 mean is good enough.
+        sums = torch.zeros((n_videos, dim), dtype=torch.float32, device=device)
         for start in range(0, store.shape[0], _CHUNK_FRAMES):
             stop = start + _CHUNK_FRAMES
-            sums.index_add_(0, video_of_frame[start:stop], store[start:stop].to(torch.float64))
-        self.centroids = (sums / lengths_t.unsqueeze(1)).to(torch.float32)
-        del sums
+            sums.index_add_(0, video_of_frame[start:stop], store[start:stop].to(torch.float32))
+        self.centroids = sums.div_(lengths_t.unsqueeze(1))
 
+        # Radii to that same centre, float32, inflated by their worst relative rounding error.
         radius_sum = torch.zeros(n_videos, dtype=torch.float64, device=device)
-        radius_min = torch.full((n_videos,), float("inf"), dtype=torch.float64, device=device)
+        radius_min = torch.full((n_videos,), float("inf"), dtype=torch.float32, device=device)
         for start in range(0, store.shape[0], _CHUNK_FRAMES):
             stop = start + _CHUNK_FRAMES
             owner = video_of_frame[start:stop]
-            diff = store[start:stop].to(torch.float64) - self.centroids[owner].to(torch.float64)
-            radius = diff.square_().sum(dim=1).sqrt_()
-            radius_sum.index_add_(0, owner, radius)
+            radius = torch.linalg.vector_norm(store[start:stop].to(torch.float32) - self.centroids[owner], dim=1)
+            radius_sum.index_add_(0, owner, radius.to(torch.float64))
             radius_min.scatter_reduce_(0, owner, radius, reduce="amin")
-        self.radius_term = ((radius_sum / lengths_t + radius_min) / 2).cpu().numpy()
-        centroid_sq = self.centroids.to(torch.float64).square().sum(dim=1)
-        self.centroid_sq = centroid_sq.to(torch.float32)
-        self.gamma = (2 * dim + 8) * 2.0**-24  # float32 dot-product rounding bound
+        radius_term = (radius_sum / lengths_t.to(torch.float64) + radius_min.to(torch.float64)) / 2
+        self.radius_term = (radius_term * (1 + (dim + 8) * unit_roundoff)).cpu().numpy()
+        self.centroid_sq = torch.linalg.vecdot(self.centroids, self.centroids)
+        self.gamma = (2 * dim + 8) * unit_roundoff  # float32 dot-product rounding bound
 
     def _centroid_distance(self, dots: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Upper bound of ||c_x - c_t|| from float32 dot products (n_videos, n_targets), float64."""

@@ -47,7 +47,7 @@ class FrameBlock:
     frames: torch.Tensor
     sq_norms: torch.Tensor  # (F,) in the compute dtype
     offsets: np.ndarray  # (m + 1,) int64, offsets[0] == 0
-    _plans: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def count(self) -> int:
@@ -58,46 +58,42 @@ class FrameBlock:
         first, last = int(self.offsets[start]), int(self.offsets[stop])
         return FrameBlock(self.frames[first:last], self.sq_norms[first:last], self.offsets[start : stop + 1] - first)
 
-    def chunks(self, max_frames: int) -> list[_Chunk]:
-        """Consecutive runs of whole videos with at most ``max_frames`` frames (or one longer video)."""
-        plan = self._plans.get(max_frames)
-        if plan is None:
-            plan = []
-            start = 0
+    @property
+    def segments(self) -> _Segments:
+        if "segments" not in self._cache:
+            self._cache["segments"] = _Segments.make(self.offsets, self.frames.device)
+        return self._cache["segments"]
+
+    def chunks(self, max_frames: int) -> list[tuple[int, int]]:
+        """Consecutive runs [start, stop) of whole videos with at most ``max_frames`` frames (or one longer video)."""
+        key = ("chunks", max_frames)
+        if key not in self._cache:
+            plan, start = [], 0
             while start < self.count:
                 stop = int(np.searchsorted(self.offsets, self.offsets[start] + max_frames, side="right")) - 1
                 stop = min(max(stop, start + 1), self.count)
-                plan.append(_Chunk.make(self.offsets, start, stop, self.frames.device))
+                plan.append((start, stop))
                 start = stop
-            self._plans[max_frames] = plan
-        return plan
+            self._cache[key] = plan
+        return self._cache[key]
 
 
 @dataclass
-class _Chunk:
-    """Videos [start, stop) of a block and what segment reductions over them need."""
+class _Segments:
+    """What segment reductions over a block's videos need."""
 
-    start: int
-    stop: int
-    first_frame: int
-    last_frame: int
-    uniform_length: int | None  # all videos have this many frames, or None (ragged)
+    uniform_length: int | None  # every video has this many frames, or None (ragged)
     lengths: torch.Tensor  # (videos,) int64 on the device
-    video_of_frame: torch.Tensor | None  # (frames,) int64 local video index, ragged chunks only
+    video_of_frame: torch.Tensor | None  # (frames,) int64, ragged blocks only
 
     @classmethod
-    def make(cls, offsets: np.ndarray, start: int, stop: int, device: torch.device) -> _Chunk:
-        lengths = np.diff(offsets[start : stop + 1])
-        uniform = int(lengths[0]) if (lengths == lengths[0]).all() else None
+    def make(cls, offsets: np.ndarray, device: torch.device) -> _Segments:
+        lengths = np.diff(offsets)
+        uniform = int(lengths[0]) if len(lengths) and (lengths == lengths[0]).all() else None
         video_of_frame = None
         if uniform is None:
             video_of_frame = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)).to(device)
-        return cls(start, stop, int(offsets[start]), int(offsets[stop]), uniform,
-                   torch.from_numpy(lengths.astype(np.int64)).to(device), video_of_frame)
-
-    @property
-    def videos(self) -> int:
-        return self.stop - self.start
+        return cls(uniform, torch.from_numpy(lengths.astype(np.int64)).to(device), video_of_frame)
 
 
 def make_block(frames: torch.Tensor, offsets: np.ndarray, compute_dtype: torch.dtype,
@@ -107,52 +103,47 @@ def make_block(frames: torch.Tensor, offsets: np.ndarray, compute_dtype: torch.d
     return FrameBlock(frames, sq_norms, np.asarray(offsets, dtype=np.int64))
 
 
-def squared_norms(frames: torch.Tensor, compute_dtype: torch.dtype, chunk: int = 65536) -> torch.Tensor:
+def squared_norms(frames: torch.Tensor, compute_dtype: torch.dtype, chunk: int = 8192) -> torch.Tensor:
     """|x|^2 per frame in the compute dtype, without upcasting the whole store at once."""
     out = torch.empty(frames.shape[0], dtype=compute_dtype, device=frames.device)
     for start in range(0, frames.shape[0], chunk):
         part = frames[start : start + chunk].to(compute_dtype)
-        out[start : start + chunk] = (part * part).sum(dim=1)
+        torch.linalg.vecdot(part, part, out=out[start : start + chunk])
     return out
 
 
-def _min_over_rows(d2: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
-    """(rows, cols) -> (row videos, cols): min over each row video's frames."""
-    if chunk.uniform_length is not None:
-        return d2.view(chunk.videos, chunk.uniform_length, d2.shape[1]).amin(dim=1)
-    return torch.segment_reduce(d2, "min", lengths=chunk.lengths, axis=0)
+def _min_over_row_videos(d2: torch.Tensor, seg: _Segments, first: int, stop: int, out: torch.Tensor) -> None:
+    """(rows of videos [first, stop), cols) -> (stop - first, cols): min over each row video's frames."""
+    if seg.uniform_length is not None:
+        torch.amin(d2.view(stop - first, seg.uniform_length, d2.shape[1]), dim=1, out=out)
+    else:
+        out.copy_(torch.segment_reduce(d2, "min", lengths=seg.lengths[first:stop], axis=0))
 
 
-def _min_over_cols(d2: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
-    """(rows, cols) -> (rows, col videos): min over each column video's frames."""
-    if chunk.uniform_length is not None:
-        if chunk.videos == 1:
-            return d2.amin(dim=1, keepdim=True)
-        return d2.view(d2.shape[0], chunk.videos, chunk.uniform_length).amin(dim=2)
-    return torch.segment_reduce(d2.t().contiguous(), "min", lengths=chunk.lengths, axis=0).t()
+def _min_over_col_videos(d2: torch.Tensor, seg: _Segments, out: torch.Tensor) -> None:
+    """(rows, cols of all column videos) -> (rows, column videos): min over each column video's frames."""
+    if seg.uniform_length is not None:
+        torch.amin(d2.view(d2.shape[0], -1, seg.uniform_length), dim=2, out=out)
+    else:
+        out.copy_(torch.segment_reduce(d2.t().contiguous(), "min", lengths=seg.lengths, axis=0).t())
 
 
-def _sum_over_rows(values: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
-    if chunk.uniform_length is not None:
-        return values.view(chunk.videos, chunk.uniform_length, values.shape[1]).sum(dim=1)
-    out = values.new_zeros((chunk.videos, values.shape[1]))
-    return out.index_add_(0, chunk.video_of_frame, values)
+def _sum_over_row_videos(values: torch.Tensor, seg: _Segments) -> torch.Tensor:
+    if seg.uniform_length is not None:
+        return values.view(-1, seg.uniform_length, values.shape[1]).sum(dim=1)
+    return values.new_zeros((len(seg.lengths), values.shape[1])).index_add_(0, seg.video_of_frame, values)
 
 
-def _sum_over_cols(values: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
-    if chunk.uniform_length is not None:
-        return values.view(values.shape[0], chunk.videos, chunk.uniform_length).sum(dim=2)
-    out = values.new_zeros((values.shape[0], chunk.videos))
-    return out.index_add_(1, chunk.video_of_frame, values)
+def _sum_over_col_videos(values: torch.Tensor, seg: _Segments) -> torch.Tensor:
+    if seg.uniform_length is not None:
+        return values.view(values.shape[0], -1, seg.uniform_length).sum(dim=2)
+    return values.new_zeros((values.shape[0], len(seg.lengths))).index_add_(1, seg.video_of_frame, values)
 
 
 def _refine_close_pairs(d2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                         row_sq: torch.Tensor, col_sq_max: torch.Tensor) -> None:
     """Recompute in float64, from explicit differences, the entries prone to cancellation."""
-    threshold = (row_sq + col_sq_max) * REFINE_RATIO
-    flagged = d2 < threshold.unsqueeze(1)
-    if not bool(flagged.any()):
-        return
+    flagged = d2 < ((row_sq + col_sq_max) * REFINE_RATIO).unsqueeze(1)
     row_index, col_index = flagged.nonzero(as_tuple=True)
     for start in range(0, len(row_index), _REFINE_BATCH):
         i = row_index[start : start + _REFINE_BATCH]
@@ -164,26 +155,34 @@ def _refine_close_pairs(d2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 def chamfer_matrix(rows: FrameBlock, cols: FrameBlock, compute_dtype: torch.dtype = torch.float32, *,
                    max_rows: int = 4096, max_cols: int = 2048) -> torch.Tensor:
     """D(R_i, Q_j) for every row video i and column video j, float64 (m, n) on the device."""
-    out = torch.empty((rows.count, cols.count), dtype=torch.float64, device=rows.frames.device)
-    col_chunks = cols.chunks(max_cols)
-    for col_chunk in col_chunks:
-        q = cols.frames[col_chunk.first_frame : col_chunk.last_frame].to(compute_dtype)
-        q_sq = cols.sq_norms[col_chunk.first_frame : col_chunk.last_frame]
+    device = rows.frames.device
+    out = torch.empty((rows.count, cols.count), dtype=torch.float64, device=device)
+    row_seg = rows.segments
+    row_lengths = row_seg.lengths.to(torch.float64).unsqueeze(1)
+    for col_start, col_stop in cols.chunks(max_cols):
+        col_block = cols.video_range(col_start, col_stop)
+        col_seg = col_block.segments
+        q = col_block.frames.to(compute_dtype)
+        q_sq = col_block.sq_norms
         q_sq_max = q_sq.max()
-        q_lengths = col_chunk.lengths.to(torch.float64)
-        for row_chunk in rows.chunks(max_rows):
-            r = rows.frames[row_chunk.first_frame : row_chunk.last_frame].to(compute_dtype)
-            r_sq = rows.sq_norms[row_chunk.first_frame : row_chunk.last_frame]
-            # d2 = |x|^2 - 2 x.y + |y|^2 for every frame pair of the two chunks
-            d2 = torch.addmm(r_sq.unsqueeze(1), r, q.t(), beta=1, alpha=-2)
-            d2 += q_sq.unsqueeze(0)
-            _refine_close_pairs(d2, r, q, r_sq, q_sq_max)
-            d2.clamp_min_(0)
-            # row frames -> nearest frame of each column video, averaged over each row video
-            nearest_in_col = _min_over_cols(d2, col_chunk).to(torch.float64).sqrt_()
-            row_side = _sum_over_rows(nearest_in_col, row_chunk) / row_chunk.lengths.to(torch.float64).unsqueeze(1)
-            # column frames -> nearest frame of each row video, averaged over each column video
-            nearest_in_row = _min_over_rows(d2, row_chunk).to(torch.float64).sqrt_()
-            col_side = _sum_over_cols(nearest_in_row, col_chunk) / q_lengths.unsqueeze(0)
-            out[row_chunk.start : row_chunk.stop, col_chunk.start : col_chunk.stop] = (row_side + col_side) * 0.5
+        # Per row frame: min squared distance to each column video; per row video: to each column frame.
+        row_min = torch.empty((rows.frames.shape[0], col_block.count), dtype=compute_dtype, device=device)
+        col_min = torch.empty((rows.count, q.shape[0]), dtype=compute_dtype, device=device)
+        for start, stop in rows.chunks(max_rows):
+            first, last = int(rows.offsets[start]), int(rows.offsets[stop])
+            r = rows.frames[first:last].to(compute_dtype)
+            r_sq = rows.sq_norms[first:last]
+            d2 = torch.addmm(r_sq.unsqueeze(1), r, q.t(), beta=1, alpha=-2)  # |x|^2 - 2 x.y
+            d2 += q_sq  # + |y|^2
+            _min_over_col_videos(d2, col_seg, row_min[first:last])
+            # Every entry is >= some row minimum: if no minimum is small, no entry suffers cancellation.
+            if float(row_min[first:last].min()) < float((r_sq.max() + q_sq_max) * REFINE_RATIO):
+                _refine_close_pairs(d2, r, q, r_sq, q_sq_max)
+                _min_over_col_videos(d2, col_seg, row_min[first:last])
+            _min_over_row_videos(d2, row_seg, start, stop, col_min[start:stop])
+        nearest_in_col = row_min.clamp_min_(0).to(torch.float64).sqrt_()
+        row_side = _sum_over_row_videos(nearest_in_col, row_seg) / row_lengths
+        nearest_in_row = col_min.clamp_min_(0).to(torch.float64).sqrt_()
+        col_side = _sum_over_col_videos(nearest_in_row, col_seg) / col_seg.lengths.to(torch.float64).unsqueeze(0)
+        out[:, col_start:col_stop] = (row_side + col_side) * 0.5
     return out
