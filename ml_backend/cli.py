@@ -16,6 +16,7 @@ from . import __version__
 # (subcommand, module under ml_backend.commands). Each module has add_parser(subparsers).
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
+    ("select", "select"),
     ("tiny-model", "tiny_model"),
 ]
 

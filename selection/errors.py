@@ -38,3 +38,7 @@ class InitialSetError(SelectionError):
 
 class DuplicateNameError(SelectionError):
     """Two pool entries share a name (or a features-file stem)."""
+
+
+class InputFileError(SelectionError):
+    """A scores, name-list or features file cannot be read or is not in the expected format."""
