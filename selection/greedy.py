@@ -35,7 +35,7 @@ from .result import SelectionResult
 
 STORE_DTYPES = {"float32": torch.float32, "float64": torch.float64,
                 "float16": torch.float16, "bfloat16": torch.bfloat16}
-_BOOTSTRAP_VIDEOS = 256  # activated first when no video is up to date yet
+_BOOTSTRAP_VIDEOS = 32  # activated first when no video is up to date yet
 _FULL_MODE_FRACTION = 0.5  # active frames beyond this share of the pool: update every video
 _SHRINK_MIN_FRAMES = 16384  # do not bother compacting smaller active sets
 _CHUNKS = {"cpu": (4096, 2048), "cuda": (65536, 8192)}  # (max row frames, max column frames)
