@@ -1,0 +1,67 @@
+"""The pruning is exact only if its bounds are: check them against the float64 definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selection.bounds import CentroidBounds
+from selection.chamfer import chamfer_distance
+from selection.greedy import _FastGreedy
+from selection.inputs import prepare_pool
+from tests.test_selection_greedy import KINDS, make_frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(KINDS), st.integers(1, 12), st.booleans())
+def test_centroid_bound_is_an_upper_bound(seed, kind, dim, ragged):
+    rng = np.random.default_rng(seed)
+    frames = make_frames(rng, 10, dim, kind, ragged)
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
+    bounds = CentroidBounds(torch.from_numpy(np.concatenate(frames)), offsets)
+    exact = np.array([[chamfer_distance(a, b) for b in frames] for a in frames])
+    bound = np.stack([bounds.to_video(t) for t in range(10)], axis=1)
+    assert (bound >= exact).all()
+    targets = np.array([3, 0, 7, 3])
+    # (a matrix product instead of matrix-vector ones: float32 rounding differs, both are bounds)
+    np.testing.assert_allclose(bounds.sum_to(targets), bound[:, targets].sum(axis=1), rtol=1e-5)
+
+
+def test_bound_is_reasonably_tight_for_compact_videos():
+    rng = np.random.default_rng(1)
+    frames = [(c + 0.01 * rng.standard_normal((4, 8))).astype(np.float32) for c in rng.standard_normal((6, 8))]
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
+    bounds = CentroidBounds(torch.from_numpy(np.concatenate(frames)), offsets)
+    exact = np.array([chamfer_distance(frames[i], frames[0]) for i in range(6)])
+    assert (bounds.to_video(0) <= exact + 0.1).all()
+
+
+class _CheckedGreedy(_FastGreedy):
+    """Asserts at every step that each stale candidate's objective bound holds."""
+
+    checked = 0
+
+    def _choose(self):
+        k = self.selected.count_videos()
+        if k and self.full_block is None:
+            chosen = self.selected.ids
+            for x in np.flatnonzero(self.candidate & (self.watermark < k)):
+                exact = self.pool.difficulty[x] + self.lam * np.mean(
+                    [chamfer_distance(self.pool.video_frames(x), self.pool.video_frames(s)) for s in chosen])
+                assert self._objective_bound(np.array([x]), k)[0] >= exact - 1e-9
+                _CheckedGreedy.checked += 1
+        return super()._choose()
+
+
+def test_objective_bound_holds_for_every_stale_video_at_every_step():
+    rng = np.random.default_rng(2)
+    frames = make_frames(rng, 150, 6, "clustered", ragged=True)
+    frames = [f / np.linalg.norm(f, axis=1, keepdims=True) for f in frames]
+    difficulty = np.round(rng.uniform(1, 5, 150), 2)
+    pool = prepare_pool(difficulty, frames, initial=[5, 9])
+    run = _CheckedGreedy(pool, 0.25, torch.device("cpu"), torch.float32, True, 1e-6, 32, 16)
+    result = run.select(25)
+    assert len(result.picks) == 25 and result.stats["mode"] == "pruned"
+    assert _CheckedGreedy.checked > 1000  # the check really ran on many stale videos
