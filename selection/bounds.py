@@ -35,24 +35,33 @@ class CentroidBounds:
         lengths_t = torch.from_numpy(lengths).to(device=device, dtype=torch.float32)
         unit_roundoff = 2.0**-24
 
-        # Any centre gives a valid bound, so a float32 mean is good enough.
+        # Any centre gives a valid bound, so a float32 mean is good enough. The centres are
+        # stored relative to their common mean ``shift`` (centre z_x = shift + centroids[x]):
+        # small norms keep the float32 expansion of ||z_x - z_y|| tight even for features far
+        # from the origin.
         sums = torch.zeros((n_videos, dim), dtype=torch.float32, device=device)
         for start in range(0, store.shape[0], _CHUNK_FRAMES):
             stop = start + _CHUNK_FRAMES
             sums.index_add_(0, video_of_frame[start:stop], store[start:stop].to(torch.float32))
-        self.centroids = sums.div_(lengths_t.unsqueeze(1))
+        centroids = sums.div_(lengths_t.unsqueeze(1))
+        self.shift = centroids.mean(dim=0)
+        self.centroids = centroids.sub_(self.shift)
 
-        # Radii to that same centre, float32, inflated by their worst relative rounding error.
+        # Radii ||f - z|| in float32, raised by their worst rounding error: the two subtractions
+        # err by at most u (||f - shift|| + ||f - z||), the norm by a relative (d/2 + 1) u.
         radius_sum = torch.zeros(n_videos, dtype=torch.float64, device=device)
         radius_min = torch.full((n_videos,), float("inf"), dtype=torch.float32, device=device)
+        relative, absolute = 1 + (dim + 8) * unit_roundoff, 3 * unit_roundoff
         for start in range(0, store.shape[0], _CHUNK_FRAMES):
             stop = start + _CHUNK_FRAMES
             owner = video_of_frame[start:stop]
-            radius = torch.linalg.vector_norm(store[start:stop].to(torch.float32) - self.centroids[owner], dim=1)
+            from_shift = store[start:stop].to(torch.float32) - self.shift
+            radius = torch.linalg.vector_norm(from_shift - self.centroids[owner], dim=1).mul_(relative)
+            radius.add_(torch.linalg.vector_norm(from_shift, dim=1), alpha=absolute * relative)
             radius_sum.index_add_(0, owner, radius.to(torch.float64))
             radius_min.scatter_reduce_(0, owner, radius, reduce="amin")
         radius_term = (radius_sum / lengths_t.to(torch.float64) + radius_min.to(torch.float64)) / 2
-        self.radius_term = (radius_term * (1 + (dim + 8) * unit_roundoff)).cpu().numpy()
+        self.radius_term = (radius_term * (1 + _SAFETY)).cpu().numpy()
         self.centroid_sq = torch.linalg.vecdot(self.centroids, self.centroids)
         self.gamma = (2 * dim + 8) * unit_roundoff  # float32 dot-product rounding bound
 

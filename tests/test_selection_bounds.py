@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,13 +26,18 @@ def test_centroid_bound_is_an_upper_bound(seed, kind, dim, ragged):
     bound = np.stack([bounds.to_video(t) for t in range(10)], axis=1)
     assert (bound >= exact).all()
     targets = np.array([3, 0, 7, 3])
-    # (a matrix product instead of matrix-vector ones: float32 rounding differs, both are bounds)
-    np.testing.assert_allclose(bounds.sum_to(targets), bound[:, targets].sum(axis=1), rtol=1e-5)
+    summed = bounds.sum_to(targets)
+    assert (summed >= exact[:, targets].sum(axis=1)).all()
+    # a matrix product instead of matrix-vector ones: float32 rounding differs, both are bounds
+    np.testing.assert_allclose(summed, bound[:, targets].sum(axis=1), rtol=1e-3)
 
 
-def test_bound_is_reasonably_tight_for_compact_videos():
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # far from the origin too: centres are stored shifted
+def test_bound_is_reasonably_tight_for_compact_videos(offset):
     rng = np.random.default_rng(1)
-    frames = [(c + 0.01 * rng.standard_normal((4, 8))).astype(np.float32) for c in rng.standard_normal((6, 8))]
+    shift = offset * rng.standard_normal(8) / np.sqrt(8)
+    frames = [(shift + c + 0.01 * rng.standard_normal((4, 8))).astype(np.float32)
+              for c in rng.standard_normal((6, 8))]
     offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
     bounds = CentroidBounds(torch.from_numpy(np.concatenate(frames)), offsets)
     exact = np.array([chamfer_distance(frames[i], frames[0]) for i in range(6)])
