@@ -21,7 +21,6 @@ import torch
 
 _SAFETY = 1e-6  # relative slack for the square root and the float64 sums
 _CHUNK_FRAMES = 65536
-_CHUNK_VIDEOS = 256
 
 
 class CentroidBounds:
@@ -62,29 +61,43 @@ class CentroidBounds:
             radius_min.scatter_reduce_(0, owner, radius, reduce="amin")
         radius_term = (radius_sum / lengths_t.to(torch.float64) + radius_min.to(torch.float64)) / 2
         self.radius_term = (radius_term * (1 + _SAFETY)).cpu().numpy()
-        self.centroid_sq = torch.linalg.vecdot(self.centroids, self.centroids)
-        self.gamma = (2 * dim + 8) * unit_roundoff  # float32 dot-product rounding bound
+        # Squared norms of the float32 centres in float64 (exact enough); the float32 products
+        # against them err by at most gamma * (|c_x|^2 + |c_t|^2).
+        self.centroid_sq = torch.linalg.vecdot(self.centroids.to(torch.float64),
+                                               self.centroids.to(torch.float64)).cpu().numpy()
+        self.gamma = (2 * dim + 8) * unit_roundoff
 
-    def _centroid_distance(self, dots: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Upper bound of ||c_x - c_t|| from float32 dot products (n_videos, n_targets), float64."""
-        scale = self.centroid_sq.unsqueeze(1) + self.centroid_sq[targets].unsqueeze(0)
-        squared = scale - 2 * dots + self.gamma * scale
-        return squared.clamp_min_(0).to(torch.float64).sqrt_()
+    @property
+    def size(self) -> int:
+        return len(self.radius_term)
 
-    def to_video(self, target: int) -> np.ndarray:
-        """Upper bound of D(x, target) for every video x, float64 (n_videos,)."""
-        targets = torch.tensor([target], device=self.centroids.device)
-        dots = self.centroids @ self.centroids[target].unsqueeze(1)
-        distance = self._centroid_distance(dots, targets)[:, 0].cpu().numpy()
-        return (distance + self.radius_term + self.radius_term[target]) * (1 + _SAFETY)
+    def reorder(self, order: np.ndarray) -> None:
+        """Store the rows in ``order`` (row i becomes video order[i]); later calls take rows."""
+        self.centroids = self.centroids[torch.from_numpy(order).to(self.centroids.device)]
+        self.radius_term = self.radius_term[order]
+        self.centroid_sq = self.centroid_sq[order]
 
-    def sum_to(self, targets: np.ndarray) -> np.ndarray:
-        """Sum over ``targets`` of the upper bound of D(x, t), for every video x."""
-        total = np.zeros(len(self.radius_term), dtype=np.float64)
-        for start in range(0, len(targets), _CHUNK_VIDEOS):
-            part = torch.from_numpy(np.asarray(targets[start : start + _CHUNK_VIDEOS])).to(self.centroids.device)
-            dots = self.centroids @ self.centroids[part].t()
-            distance = self._centroid_distance(dots, part).sum(dim=1).cpu().numpy()
-            radii = len(part) * self.radius_term + self.radius_term[part.cpu().numpy()].sum()
-            total += (distance + radii) * (1 + _SAFETY)
-        return total
+    def max_distance(self) -> np.ndarray:
+        """Per row, an upper bound of D(x, s) over every s of the pool (for a static priority)."""
+        norm = np.sqrt(self.centroid_sq)
+        return (norm + norm.max() + self.radius_term + self.radius_term.max()) * (1 + _SAFETY)
+
+    def _bound(self, dots: np.ndarray, rows, targets) -> np.ndarray:
+        """Upper bounds of D from float32 centre dot products, float64."""
+        scale = self.centroid_sq[rows][:, None] + self.centroid_sq[targets][None, :]
+        distance = np.sqrt(np.maximum(scale * (1 + self.gamma) - 2 * dots, 0.0))
+        radii = self.radius_term[rows][:, None] + self.radius_term[targets][None, :]
+        return (distance + radii) * (1 + _SAFETY)
+
+    def to_row(self, stop: int, target: int) -> np.ndarray:
+        """Upper bound of D(row, target) for rows [0, stop): one matrix-vector product."""
+        dots = (self.centroids[:stop] @ self.centroids[target]).to(torch.float64).cpu().numpy()
+        return self._bound(dots[:, None], slice(0, stop), [target])[:, 0]
+
+    def matrix(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Upper bounds of D(row, target), shape (len(rows), len(targets))."""
+        device = self.centroids.device
+        left = self.centroids[torch.from_numpy(rows).to(device)]
+        right = self.centroids[torch.from_numpy(targets).to(device)]
+        dots = (left @ right.t()).to(torch.float64).cpu().numpy()
+        return self._bound(dots, rows, targets)

@@ -38,6 +38,7 @@ STORE_DTYPES = {"float32": torch.float32, "float64": torch.float64,
 _BOOTSTRAP_VIDEOS = 32  # activated first when no video is up to date yet
 _FULL_MODE_FRACTION = 0.5  # active frames beyond this share of the pool: update every video
 _SHRINK_MIN_FRAMES = 16384  # do not bother compacting smaller active sets
+_BOUND_BATCH = 512  # stale videos whose bounds are caught up at a time
 _CHUNKS = {"cpu": (4096, 2048), "cuda": (65536, 8192)}  # (max row frames, max column frames)
 
 
@@ -122,6 +123,16 @@ class _PackedVideos:
         self.offsets = np.zeros(1, dtype=np.int64)
         self.append(ids)
 
+    def blank(self, video: int) -> None:
+        """Zero the frames of a video that no longer needs distances (a pick), so it stays cheap
+        until the next compaction: zero frames are far from the pick's own frames, which
+        would otherwise send that chunk through the float64 refinement at every step."""
+        slots = np.flatnonzero(self.ids == video)
+        for slot in slots:
+            first, last = int(self.offsets[slot]), int(self.offsets[slot + 1])
+            self._frames[first:last] = 0
+            self._sq[first:last] = 0
+
     def block(self) -> FrameBlock:
         if self._block is None:
             used = self.frame_count
@@ -130,7 +141,15 @@ class _PackedVideos:
 
 
 class _FastGreedy:
-    """One selection run: running distance sums, watermarks, bounds and the active set."""
+    """One selection run: running distance sums, watermarks, bounds and the active set.
+
+    Per video x: ``distance_sum`` is the exact sum of D(x, s) over ``selected[:watermark]``;
+    ``bound_missing`` bounds the sum over ``selected[watermark:bound_watermark]``. A video is
+    up to date when its watermark equals the number selected. Videos are also ranked once
+    by a static priority ``key`` >= any objective they can ever reach (difficulty + lam x a
+    bound on the largest distance); the ones whose key is below the current pruning floor
+    need neither distances nor bounds, so bounds are maintained for a prefix of that ranking.
+    """
 
     def __init__(self, pool: Pool, lam: float, device: torch.device, store_dtype: torch.dtype, prune: bool,
                  tie_tolerance: float, max_row_frames: int, max_col_frames: int) -> None:
@@ -145,8 +164,8 @@ class _FastGreedy:
         n_videos = pool.size
 
         self.candidate = pool.candidates()
-        self.distance_sum = np.zeros(n_videos, dtype=np.float64)  # sum of D(x, s) over s in selected[:watermark]
-        self.watermark = np.zeros(n_videos, dtype=np.int64)  # how many selected videos distance_sum covers
+        self.distance_sum = np.zeros(n_videos, dtype=np.float64)
+        self.watermark = np.zeros(n_videos, dtype=np.int64)
         self.selected = _PackedVideos(self.store, self.store_sq, self.offsets)
         self.selected.append(pool.initial)
         max_norm = float(self.store_sq.max().sqrt())
@@ -159,9 +178,14 @@ class _FastGreedy:
         self.bounds: CentroidBounds | None = None
         if prune:
             self.bounds = CentroidBounds(self.store, self.offsets)
-            self.bound_sum = (self.bounds.sum_to(pool.initial) if len(pool.initial)
-                              else np.zeros(n_videos, dtype=np.float64))
-            self.bound_sum_at_watermark = np.zeros(n_videos, dtype=np.float64)
+            key = np.where(self.candidate, pool.difficulty, -np.inf) + lam * self.bounds.max_distance()
+            self.order = np.lexsort((np.arange(n_videos), -key))  # key descending, index ascending
+            self.row_of = np.empty(n_videos, dtype=np.int64)
+            self.row_of[self.order] = np.arange(n_videos)
+            self.key_by_row = key[self.order]
+            self.bounds.reorder(self.order)
+            self.bound_missing = np.zeros(n_videos, dtype=np.float64)
+            self.bound_watermark = np.zeros(n_videos, dtype=np.int64)
             self.active = _PackedVideos(self.store, self.store_sq, self.offsets)
         else:
             self._enter_full_mode()
@@ -178,6 +202,8 @@ class _FastGreedy:
             means.append(mean)
             self.candidate[pick] = False
             self.selected.append(np.array([pick]))
+            if self.active is not None:
+                self.active.blank(pick)
             if len(picks) < n_picks:
                 self._add_distances_to_newest()
         stats = {"mode": "full" if self.full_block is not None else "pruned",
@@ -187,6 +213,10 @@ class _FastGreedy:
             difficulties=np.array(difficulties, dtype=np.float64), mean_distances=np.array(means, dtype=np.float64),
             lam=self.lam, requested_budget=budget, initial=self.pool.initial.copy(),
             distance_evaluations=self.evaluations, stats=stats)
+
+    def _objectives(self, ids: np.ndarray, k: int) -> np.ndarray:
+        """Exact objectives of up-to-date videos."""
+        return self.pool.difficulty[ids] + self.lam * (self.distance_sum[ids] / k)
 
     def _choose(self) -> tuple[int, float, float]:
         k = self.selected.count_videos()
@@ -198,7 +228,7 @@ class _FastGreedy:
         if self.full_block is None:
             self._activate_competitors(k, candidates)
         current = candidates[self.watermark[candidates] == k]
-        values = self.pool.difficulty[current] + self.lam * (self.distance_sum[current] / k)
+        values = self._objectives(current, k)
         w = winner(current, values, self.tie_tolerance)
         if self.full_block is None:
             self._maybe_shrink_active(k, float(values.max()))
@@ -208,48 +238,64 @@ class _FastGreedy:
     def _add_distances_to_newest(self) -> None:
         """distance_sum += D(x, newest pick) for every up-to-date video, in one batched pass."""
         k = self.selected.count_videos()
-        newest = self.selected.block().video_range(k - 1, k)
         if self.full_block is not None:
-            block, ids = self.full_block, slice(None)
-            count = self.pool.size
+            block, ids, count = self.full_block, slice(None), self.pool.size
         else:
-            self.bound_sum += self.bounds.to_video(int(self.selected.ids[-1]))
             block, ids = self.active.block(), self.active.ids
             count = len(ids)
             if count == 0:
                 return
+        newest = self.selected.block().video_range(k - 1, k)
         distances = chamfer_matrix(block, newest, self.compute_dtype, max_rows=self.max_rows, max_cols=self.max_cols)
         self.distance_sum[ids] += distances[:, 0].cpu().numpy()
         self.watermark[ids] = k
         if self.full_block is None:
-            self.bound_sum_at_watermark[ids] = self.bound_sum[ids]
+            self.bound_watermark[ids] = k
         self.evaluations += count
 
     # ---- pruning --------------------------------------------------------------------------
-    def _objective_bound(self, ids: np.ndarray, k: int) -> np.ndarray:
-        """Upper bound of the objective of stale videos: exact part + bounds for the missed picks."""
-        missed = self.bound_sum[ids] - self.bound_sum_at_watermark[ids]
-        return self.pool.difficulty[ids] + self.lam * ((self.distance_sum[ids] + missed) / k)
-
     def _pruning_floor(self, best: float) -> float:
         """Objectives below this cannot tie the best one, even with the kernel's worst float error."""
         return tie_floor(best, self.tie_tolerance) - self.lam * self.error_allowance
 
     def _activate_competitors(self, k: int, candidates: np.ndarray) -> None:
-        stale = candidates[self.watermark[candidates] < k]
-        if len(stale) == 0:
-            return
-        if not (self.watermark[candidates] == k).any():
-            bound = self._objective_bound(stale, k)
-            self._activate(stale[np.argsort(-bound, kind="stable")[:_BOOTSTRAP_VIDEOS]], k)
+        """Make every video that might reach the best objective at this step up to date."""
+        if not (self.watermark[candidates] == k).any():  # nothing exact yet: start from the top priorities
+            by_priority = self.order[self.candidate[self.order]]
+            self._activate(by_priority[:_BOOTSTRAP_VIDEOS], k)
             if self.full_block is not None:
                 return
-            stale = candidates[self.watermark[candidates] < k]
         current = candidates[self.watermark[candidates] == k]
-        best = float((self.pool.difficulty[current] + self.lam * (self.distance_sum[current] / k)).max())
-        reachable = stale[self._objective_bound(stale, k) >= self._pruning_floor(best)]
+        floor = self._pruning_floor(float(self._objectives(current, k).max()))
+        in_reach = int(np.searchsorted(-self.key_by_row, -floor, side="right"))  # rows with key >= floor
+        prefix = self.order[:in_reach]
+        stale = prefix[self.candidate[prefix] & (self.watermark[prefix] < k)]
+        if len(stale) == 0:
+            return
+        self._update_bounds(stale, k)
+        bound = self.pool.difficulty[stale] + self.lam * ((self.distance_sum[stale] + self.bound_missing[stale]) / k)
+        reachable = stale[bound >= floor]
         if len(reachable):
             self._activate(reachable, k)
+
+    def _update_bounds(self, ids: np.ndarray, k: int) -> None:
+        """Extend ``bound_missing`` of stale videos ``ids`` to the whole selected set."""
+        marks = self.bound_watermark[ids]
+        behind_one = ids[marks == k - 1]
+        if len(behind_one):  # the usual case: one matrix-vector product over a prefix of rows
+            rows = self.row_of[behind_one]
+            newest = int(self.row_of[self.selected.ids[k - 1]])
+            self.bound_missing[behind_one] += self.bounds.to_row(int(rows.max()) + 1, newest)[rows]
+        behind_more = ids[marks < k - 1]
+        behind_more = behind_more[np.argsort(self.bound_watermark[behind_more], kind="stable")]
+        selected_rows = self.row_of[self.selected.ids]
+        for start in range(0, len(behind_more), _BOUND_BATCH):
+            batch = behind_more[start : start + _BOUND_BATCH]
+            oldest = int(self.bound_watermark[batch[0]])
+            bounds = self.bounds.matrix(self.row_of[batch], selected_rows[oldest:k])
+            seen = (oldest + np.arange(k - oldest))[None, :] < self.bound_watermark[batch][:, None]
+            self.bound_missing[batch] += np.where(seen, 0.0, bounds).sum(axis=1)
+        self.bound_watermark[ids] = k
 
     def _activate(self, ids: np.ndarray, k: int) -> None:
         """Bring ``ids`` up to date with the selected set and add them to the active set."""
@@ -267,10 +313,9 @@ class _FastGreedy:
         ids = self.active.ids
         if self.active.frame_count < _SHRINK_MIN_FRAMES:
             return
-        values = self.pool.difficulty[ids] + self.lam * (self.distance_sum[ids] / k)
-        keep = self.candidate[ids] & (values >= self._pruning_floor(best))
+        keep = self.candidate[ids] & (self._objectives(ids, k) >= self._pruning_floor(best))
         if self.frame_lengths[ids[~keep]].sum() * 2 > self.active.frame_count:
-            self.active.reset(ids[keep])  # dropped videos stay consistent: watermark k, bound sums recorded
+            self.active.reset(ids[keep])  # dropped videos stay consistent: up to date at k, nothing missing
 
     def _enter_full_mode(self) -> None:
         """Update every video from now on: catch everyone up, drop the active copy."""
@@ -314,4 +359,5 @@ class _FastGreedy:
             start = stop
         self.watermark[ids] = k
         if self.bounds is not None:
-            self.bound_sum_at_watermark[ids] = self.bound_sum[ids]
+            self.bound_missing[ids] = 0.0
+            self.bound_watermark[ids] = k
