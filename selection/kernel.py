@@ -159,6 +159,8 @@ def chamfer_matrix(rows: FrameBlock, cols: FrameBlock, compute_dtype: torch.dtyp
     out = torch.empty((rows.count, cols.count), dtype=torch.float64, device=device)
     row_seg = rows.segments
     row_lengths = row_seg.lengths.to(torch.float64).unsqueeze(1)
+    # Few rows (catching a handful of videos up with many picks): wider column chunks, same block size.
+    max_cols = max(max_cols, (max_rows * max_cols) // max(min(rows.frames.shape[0], max_rows), 1))
     for col_start, col_stop in cols.chunks(max_cols):
         col_block = cols.video_range(col_start, col_stop)
         col_seg = col_block.segments
