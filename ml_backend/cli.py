@@ -16,8 +16,14 @@ from . import __version__
 # (subcommand, module under ml_backend.commands). Each module has add_parser(subparsers).
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
+    ("features", "features"),
     ("select", "select"),
+    ("report", "report"),
+    ("demo", "demo"),
     ("tiny-model", "tiny_model"),
+    ("serve", "serve"),
+    ("score-project", "score_project"),
+    ("train", "train"),
 ]
 
 

@@ -25,3 +25,19 @@ class ModelNotFoundError(MdsVqaError):
 
 class ConfigurationError(MdsVqaError):
     """Settings or a label config that cannot work."""
+
+
+class TrainingDataError(MdsVqaError):
+    """Labels that cannot train or evaluate a model: too few, unreadable, or a degenerate MOS range."""
+
+
+class JobAlreadyRunningError(MdsVqaError):
+    """A training job is already running for this model directory; ``job_id`` names it."""
+
+    def __init__(self, message: str, job_id: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class VersionError(MdsVqaError):
+    """A model version that does not exist, is incomplete, or cannot be written or activated."""

@@ -46,6 +46,32 @@ class VideoSettings(BaseSettings):
         return self
 
 
+class TrainingSettings(BaseSettings):
+    """Active fine-tuning knobs (SPEC section 6 defaults; CPU-sized limits where noted)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_TRAIN_", extra="forbid")
+
+    objective: Literal["quality", "difficulty"] = Field(
+        "quality", description="'quality' fine-tunes f (GRPO); 'difficulty' trains the failure predictor g (REINFORCE)."
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the LoRA weights.")
+    epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    videos_per_step: int = Field(8, ge=2, description="Videos per optimizer step (rewards compare videos of one step).")
+    group_size: int = Field(4, ge=2, description="Sampled answers per video for GRPO (G).")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the KL term to the adapter-disabled reference.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest sampled answer of a rollout.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the language model.")
+    max_frames: int = Field(14, ge=2, description="Frames per training video (reference: at most 14).")
+    max_pixels: int = Field(504 * 504, gt=0, description="Area of one training frame (reference: 504x504).")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="Share of labels kept out of training for evaluation.")
+    split_seed: int = Field(0, description="Seed of the deterministic train/held-out split and of the rollouts.")
+    min_train_labels: int = Field(4, ge=2, description="Refuse to train with fewer training labels.")
+    min_held_out_labels: int = Field(5, ge=3, description="Refuse to train with fewer held-out labels (SRCC needs some).")
+    eval_samples: int = Field(1, ge=1, description="Sampled answers averaged per held-out video when evaluating.")
+
+
 class Settings(BaseSettings):
     """Everything a run of ``mdsvqa`` can be told from the environment."""
 
@@ -92,11 +118,60 @@ class Settings(BaseSettings):
     )
     model_dir: Path = Field(Path("./mdsvqa-models"), description="Versions, jobs and backend state.")
 
+    # ML backend server (mdsvqa serve); see docs/backend.md
+    host: str = Field("127.0.0.1", description="Interface the backend listens on (0.0.0.0 in containers).")
+    port: int = Field(9090, ge=1, le=65535, description="Port the backend listens on.")
+    threads: int = Field(8, ge=1, le=256, description="Request threads of the single gunicorn worker.")
+    public_url: str | None = Field(
+        None, description="URL under which Label Studio reaches this backend; finds our ML backend entry in "
+        "Label Studio (default: whichever of the project's backends answers /health with our instance id).",
+    )
+    predict_deadline_s: float = Field(
+        60.0, gt=0, lt=100, description="/predict answers within this; later results are pushed to Label Studio.",
+    )
+    download_workers: int = Field(2, ge=1, le=32, description="Parallel media downloads feeding the scorer.")
+    media_max_bytes: int = Field(4 * 1024**3, gt=0, description="Refuse media files larger than this.")
+    media_timeout_s: float = Field(300.0, gt=0, description="Time limit for downloading one media file.")
+    local_files_root: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("MDSVQA_LOCAL_FILES_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+                                      "local_files_root"),
+        description="Read Label Studio local-files media from this directory instead of downloading it.",
+    )
+    score_project_on_setup: bool = Field(
+        False, description="After /setup, score every task of the project in the background and push predictions.",
+    )
+    model_version_recheck_s: float = Field(
+        300.0, ge=0, description="How often /setup re-checks that the project's model_version equals ours.",
+    )
+    basic_auth_user: str | None = Field(None, description="HTTP basic auth user required on the backend's routes.")
+    basic_auth_password: SecretStr | None = Field(None, description="HTTP basic auth password. Never logged.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Secret Label Studio's webhook must send in X-Mdsvqa-Webhook-Secret (default: derived "
+        "from the basic auth password). Never logged.",
+    )
+
     video: VideoSettings = Field(default_factory=VideoSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
     def cache_path(self) -> Path:
         return self.cache_dir / "scores.sqlite"
+
+    @property
+    def backend_state_path(self) -> Path:
+        """Backend's own state: scores by media URL, projects set up, training requests."""
+        return self.cache_dir / "backend.sqlite"
+
+    @property
+    def download_dir(self) -> Path:
+        return self.cache_dir / "downloads"
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> "Settings":
+        if bool(self.basic_auth_user) != bool(self.basic_auth_password and self.basic_auth_password.get_secret_value()):
+            raise ValueError("set both MDSVQA_BASIC_AUTH_USER and MDSVQA_BASIC_AUTH_PASSWORD, or neither")
+        return self
 
 
 def load_settings(**overrides: object) -> Settings:

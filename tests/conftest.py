@@ -29,6 +29,12 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model) -> Path:
+    """The folder holding the tiny model's ``base`` and ``adapter``."""
+    return tiny_model[0].parent
+
+
 @pytest.fixture
 def settings_factory(tiny_model, tmp_path):
     """Settings for the tiny model with a private score cache."""

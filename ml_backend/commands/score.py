@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-cache", action="store_true", help="Neither read nor write the score cache.")
     parser.add_argument("--resume", action="store_true",
                         help="Keep the scores already in FILE and score only the rest (failed ones are retried).")
+    parser.add_argument("--features", metavar="DIR",
+                        help="Also write vision-tower features (DIR/<stem>_features.npz) in the same pass.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     parser.set_defaults(run=run)
 
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
             todo.append(path)
 
     scorer = DifficultyScorer.from_settings(settings)
+    if args.features:
+        from ..features.store import write_features
+
+        scorer.feature_sink = lambda path, embedding: write_features(args.features, path, embedding)
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     last_write = time.monotonic()
@@ -80,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
             if time.monotonic() - last_write > 10:  # keep progress on disk for --resume after a crash
                 write_scores(args.out, scores)
                 last_write = time.monotonic()
+        if args.features:
+            _complete_features(scorer, [p for p in videos if valid_score(scores.get(p.name, {})) is not None],
+                               args.features)
     finally:
         bar.close()
         write_scores(args.out, scores)
@@ -91,3 +100,20 @@ def run(args: argparse.Namespace) -> int:
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _complete_features(scorer, paths, directory) -> None:
+    """Cache hits never reach the model: embed those whose feature file is missing."""
+    from ..features.store import features_path, write_features
+    from ..features.vision import VisionFeatureExtractor
+    from ..scoring.scorer import prepare_video
+
+    missing = [p for p in paths if not features_path(directory, p).exists()]
+    if not missing:
+        return
+    extractor = VisionFeatureExtractor(scorer.loaded)
+    for start in range(0, len(missing), scorer.settings.batch_size):
+        chunk = missing[start:start + scorer.settings.batch_size]
+        prepared = [prepare_video(p, scorer.settings, scorer.loaded) for p in chunk]
+        for path, embedding in zip(chunk, extractor.extract(prepared)):
+            write_features(directory, path, embedding)

@@ -118,6 +118,10 @@ class LoadedModel:
         return self.spec.runtime
 
     @property
+    def adapters(self) -> dict[str, ModelSource]:
+        return self.spec.adapters
+
+    @property
     def is_tiny(self) -> bool:
         return self.spec.is_tiny
 
@@ -139,7 +143,7 @@ class LoadedModel:
         return source
 
 
-def _patch_layout(processor) -> PatchLayout:
+def patch_layout(processor) -> PatchLayout:
     ip = processor.image_processor
     return PatchLayout(
         patch_size=int(ip.patch_size),
@@ -186,7 +190,7 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelNotFoundError(f"adapter {settings.adapter!r}: cannot load from {adapter.path}: {exc}") from exc
     model.eval()
 
-    loaded = LoadedModel(model, processor, spec, _patch_layout(processor))
+    loaded = LoadedModel(model, processor, spec, patch_layout(processor))
     if loaded.is_tiny:
         log.warning(TINY_WARNING)
     log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)

@@ -80,7 +80,8 @@ class AnswerGenerator:
         prompt_length = batch["input_ids"].shape[1]
 
         s = self.settings
-        options: dict = {"pad_token_id": loaded.tokenizer.pad_token_id, "eos_token_id": self.end_ids}
+        options: dict = {"pad_token_id": loaded.tokenizer.pad_token_id, "eos_token_id": self.end_ids,
+                         "suppress_tokens": self.encoder.placeholder_ids()}
         samples = 1
         if s.decoding == "constrained":
             options.update(do_sample=False, max_new_tokens=self.trie.max_new_tokens,

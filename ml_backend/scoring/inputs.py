@@ -34,7 +34,7 @@ class PreparedVideo:
 class PromptEncoder:
     """Renders the checkpoint's chat template for a task and expands the video placeholder."""
 
-    def __init__(self, processor, video_token_id: int, merge_size: int = 2) -> None:
+    def __init__(self, processor, video_token_id: int, merge_size: int = 2, *, vision_id: bool = True) -> None:
         self.tokenizer = processor.tokenizer
         # The processor's template, rendered by the tokenizer: transformers 4.51's processor
         # drops template kwargs such as add_vision_id, the tokenizer passes them through.
@@ -42,14 +42,26 @@ class PromptEncoder:
         self.video_token_id = int(video_token_id)
         self.video_token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
         self.merge_size = merge_size
+        self.vision_id = vision_id  # inference prompts carry "Video 1: ", training prompts did not
         self._halves: dict[str, tuple[list[int], list[int]]] = {}
 
     def render(self, task: Task) -> str:
-        """The prompt text with the vision id on ("Video 1: "), as the reference renders it."""
+        """The prompt text, with the vision id ("Video 1: ") when asked, as the reference renders it."""
         return self.tokenizer.apply_chat_template(
             video_messages(task), chat_template=self.chat_template, tokenize=False,
-            add_generation_prompt=True, add_vision_id=True,
+            add_generation_prompt=True, add_vision_id=self.vision_id,
         )
+
+    def prompt_ids(self, task: Task, grid_thw: np.ndarray) -> list[int]:
+        """Token ids of one video's prompt with its placeholder expanded."""
+        before, after = self.halves(task)
+        return before + [self.video_token_id] * video_token_count(grid_thw, self.merge_size) + after
+
+    def placeholder_ids(self) -> list[int]:
+        """Vision placeholder tokens: generated text must never contain them."""
+        names = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+        ids = {self.tokenizer.convert_tokens_to_ids(name) for name in names} | {self.video_token_id}
+        return sorted(i for i in ids if isinstance(i, int) and i != self.tokenizer.unk_token_id)
 
     def halves(self, task: Task) -> tuple[list[int], list[int]]:
         if task not in self._halves:
@@ -65,9 +77,7 @@ class PromptEncoder:
         """Left-padded batch as torch tensors, in the keyword layout ``generate`` takes."""
         import torch
 
-        before, after = self.halves(task)
-        rows = [before + [self.video_token_id] * video_token_count(v.grid_thw, self.merge_size) + after
-                for v in videos]
+        rows = [self.prompt_ids(task, v.grid_thw) for v in videos]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

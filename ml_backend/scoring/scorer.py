@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import MdsVqaError
+from ..features.vision import capture_vision_features
 from ..fileio import file_digest
 from ..model.loading import DIFFICULTY_ADAPTER, LoadedModel, ModelSpec, resolve_model, shared_model
+from ..prefetch import prefetched_batches
 from ..prompts import PROMPT_VERSION, Task
 from ..settings import Settings
 from ..video.decoding import decode_video
@@ -55,13 +59,16 @@ class DifficultyScorer:
 
     def __init__(self, spec: ModelSpec, settings: Settings, cache: ScoreCache | None = None, *,
                  loaded: LoadedModel | None = None, task: Task = "difficulty",
-                 adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int = 2) -> None:
+                 adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int = 2,
+                 feature_sink: Callable[[Path, np.ndarray], None] | None = None) -> None:
         self.spec = spec
         self.settings = settings
         self.cache = cache
         self.task = task
         self.adapter = adapter
         self._loaded = loaded
+        # Receives the vision-tower embeddings of every video the model sees (one pass, both outputs).
+        self.feature_sink = feature_sink
         self._generator: AnswerGenerator | None = None
         self._load_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="mdsvqa-decode")
@@ -149,19 +156,11 @@ class DifficultyScorer:
             else:
                 misses.append((path, key))
 
-        size = self.settings.batch_size
-        chunks = [misses[i:i + size] for i in range(0, len(misses), size)]
-        upcoming = self._submit(chunks[0]) if chunks else []
-        for index in range(len(chunks)):
-            current = upcoming
-            upcoming = self._submit(chunks[index + 1]) if index + 1 < len(chunks) else []
-            yield from self._run_batch(current)
+        for batch in prefetched_batches(misses, self._prepare, self.settings.batch_size, self._pool):
+            yield from self._run_batch([_Pending(path, key, future) for (path, key), future in batch])
 
-    def _submit(self, chunk: list[tuple[Path, str]]) -> list[_Pending]:
-        return [_Pending(path, key, self._pool.submit(self._prepare, path)) for path, key in chunk]
-
-    def _prepare(self, path: Path) -> PreparedVideo:
-        return PreparedVideo.from_decoded(decode_video(path, self.settings.video), self.loaded.layout)
+    def _prepare(self, item: tuple[Path, str]) -> PreparedVideo:
+        return prepare_video(item[0], self.settings, self.loaded)
 
     def _run_batch(self, batch: list[_Pending]) -> Iterator[ScoreResult]:
         ready: list[tuple[_Pending, PreparedVideo]] = []
@@ -176,7 +175,15 @@ class DifficultyScorer:
         if not ready:
             return
         try:
-            answers = self.generator.generate([video for _, video in ready])
+            videos = [video for _, video in ready]
+            if self.feature_sink is None:
+                answers = self.generator.generate(videos)
+            else:
+                grids = np.stack([video.grid_thw for video in videos])
+                with capture_vision_features(self.loaded, grids) as features:
+                    answers = self.generator.generate(videos)
+                for (item, _video), embedding in zip(ready, features):
+                    self.feature_sink(item.path, embedding)
         except Exception:
             if len(ready) == 1:
                 item = ready[0][0]
@@ -199,6 +206,11 @@ class DifficultyScorer:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.cache is not None:
             self.cache.close()
+
+
+def prepare_video(path: Path, settings: Settings, loaded: LoadedModel) -> PreparedVideo:
+    """Decode and patch one video exactly as the model sees it (scoring and features alike)."""
+    return PreparedVideo.from_decoded(decode_video(path, settings.video), loaded.layout)
 
 
 def result_record(result: ScoreResult) -> dict:

@@ -1,0 +1,149 @@
+"""The Flask app speaking Label Studio's ML backend protocol (app factory).
+
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, POST /train,
+GET /versions, GET /metrics. The app only parses HTTP, checks access and maps errors
+to status codes; behaviour lives in BackendService. Request paths are never logged
+(they could carry tokens in query strings); metrics label requests by route rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from ..labelstudio.config import LabelConfigError
+from ..settings import Settings
+from .auth import WEBHOOK_SECRET_HEADER
+from .service import BackendService, BadRequestError, ModelNotReadyError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a 10k-task /predict is a few MB
+PROTECTED = frozenset({"setup", "predict", "train", "versions", "metrics"})  # endpoints needing basic auth
+
+
+def create_app(settings: Settings | None = None, *, service: BackendService | None = None,
+               start: bool = True) -> Flask:
+    """Build the app; ``start`` begins loading the model and the background workers."""
+    from ..settings import load_settings
+
+    settings = settings or (service.settings if service else load_settings())
+    service = service or BackendService(settings)
+    if start:
+        service.start()
+    app = Flask("mdsvqa")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["mdsvqa"] = service
+    if not service.access.basic_auth_required and service.access.webhook_secret is None:
+        log.warning("no MDSVQA_BASIC_AUTH_USER/PASSWORD: anyone who reaches this port can use the backend")
+
+    def error(status: int, message: str, **extra: Any) -> Response:
+        response = jsonify({"error": message, **extra})
+        response.status_code = status
+        return response
+
+    def json_body() -> Any:
+        body = request.get_json(silent=True, force=True)
+        if body is None:
+            raise BadRequestError("the request body is not valid JSON")
+        return body
+
+    @app.before_request
+    def _start_timer() -> Response | None:
+        g.started = time.perf_counter()
+        if request.endpoint in PROTECTED and not service.access.basic_auth_ok(request.headers.get("Authorization")):
+            response = error(401, "authentication required")
+            response.headers["WWW-Authenticate"] = 'Basic realm="mdsvqa"'
+            return response
+        return None
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        service.metrics.requests.labels(route, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            service.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.errorhandler(BadRequestError)
+    def _bad_request(exc: BadRequestError) -> Response:
+        return error(400, str(exc))
+
+    @app.errorhandler(LabelConfigError)
+    def _bad_config(exc: LabelConfigError) -> Response:
+        log.warning("label config rejected: %s", exc)
+        return error(422, str(exc))
+
+    @app.errorhandler(ModelNotReadyError)
+    def _not_ready(exc: ModelNotReadyError) -> Response:
+        response = error(500 if exc.failed else 503, str(exc))
+        if not exc.failed:
+            response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(413)
+    def _too_large(_exc) -> Response:
+        return error(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+    @app.errorhandler(404)
+    def _not_found(_exc) -> Response:
+        return error(404, "no such route; see /health, /setup, /predict, /webhook, /metrics")
+
+    @app.errorhandler(405)
+    def _bad_method(_exc) -> Response:
+        return error(405, f"{request.method} not allowed here")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error in %s", request.endpoint)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(service.health())
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(service.setup(json_body()))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        return jsonify(service.predict(json_body()))
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        if not service.access.webhook_ok(request.headers.get("Authorization"),
+                                         request.headers.get(WEBHOOK_SECRET_HEADER)):
+            return error(401, f"webhook needs basic auth or the {WEBHOOK_SECRET_HEADER} header")
+        reply = service.webhook(json_body())
+        response = jsonify(reply.body)
+        response.status_code = reply.status_code
+        return response
+
+    @app.post("/train")
+    def train() -> Response:
+        """Older Label Studio (training webhooks flag off) posts here; treat as START_TRAINING."""
+        body = json_body()
+        event = {"action": "START_TRAINING", "project": body.get("project") if isinstance(body, dict) else None}
+        reply = service.webhook(event)
+        response = jsonify(reply.body)
+        response.status_code = reply.status_code
+        return response
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(service.versions())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        service.metrics.queue_length.set(service.queue.pending)
+        return Response(generate_latest(service.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,48 @@
+"""Turning a difficulty into what Label Studio stores: pure functions, no I/O.
+
+Two numbers travel with each prediction and must not be confused (SPEC 7):
+the control value (the difficulty, 1-5, shown in the Number control) and the
+prediction-level ``score`` (0-1, Label Studio's "Prediction score" column and the
+labeling priority: hardest to judge first when sorted descending).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..labelstudio.config import ProjectConfig
+
+DIFFICULTY_MIN = 1.0
+DIFFICULTY_MAX = 5.0
+
+
+def labeling_priority(difficulty: float) -> float:
+    """Priority in [0, 1]: the difficulty rescaled, (d - 1) / 4, clamped."""
+    if not math.isfinite(difficulty):
+        raise ValueError(f"difficulty must be finite, got {difficulty!r}")
+    scaled = (difficulty - DIFFICULTY_MIN) / (DIFFICULTY_MAX - DIFFICULTY_MIN)
+    return round(min(1.0, max(0.0, scaled)), 4)
+
+
+def control_value(difficulty: float, config: ProjectConfig) -> float:
+    """The number shown in the difficulty control: two decimals, inside the control's min/max."""
+    low = config.difficulty.minimum if config.difficulty.minimum is not None else DIFFICULTY_MIN
+    high = config.difficulty.maximum if config.difficulty.maximum is not None else DIFFICULTY_MAX
+    return round(min(high, max(low, difficulty)), 2)
+
+
+def build_prediction(difficulty: float, config: ProjectConfig, model_version: str) -> dict[str, Any]:
+    """One prediction for one task, in the list form Label Studio expects for a Number control."""
+    return {
+        "result": [
+            {
+                "from_name": config.difficulty.name,
+                "to_name": config.video_name,
+                "type": "number",
+                "value": {"number": control_value(difficulty, config)},
+            }
+        ],
+        "score": labeling_priority(difficulty),
+        "model_version": model_version,
+    }

@@ -1,0 +1,323 @@
+"""The backend's behaviour behind the HTTP routes: setup, predict, webhooks.
+
+One BackendService per process holds the scorer (model loaded once, in the background,
+so the port opens at once and /health answers while a 7B model loads), the score store,
+the scoring queue and the background workers. The Flask layer (app.py) only parses
+HTTP and maps errors to status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import MdsVqaError
+from ..labelstudio.client import Connection
+from ..labelstudio.config import ConfigCache
+from ..labelstudio.media import MediaResolver, media_key
+from ..settings import Settings
+from .auth import AccessPolicy
+from .backfill import ProjectBackfill
+from .metrics import BackendMetrics
+from .predictions import build_prediction
+from .pusher import PredictionPusher
+from .queue import PRIORITY_INTERACTIVE, JobOutcome, MediaRequest, PushTarget, Scorer, ScoreJob, ScoringQueue
+from .store import BackendStore, StoredOutcome
+from .sync import ProjectSync
+from .webhooks import RecordOnlyTraining, TrainingHook, WebhookReply, handle_event
+
+log = logging.getLogger(__name__)
+
+SETUP_WAIT_S = 2.0  # Label Studio gives /setup 3 s
+
+
+class BadRequestError(MdsVqaError):
+    """The request cannot be understood (400)."""
+
+
+class ModelNotReadyError(MdsVqaError):
+    """The model is still loading (503) or failed to load (500, ``failed`` set)."""
+
+    def __init__(self, message: str, *, failed: bool = False) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+def parse_project_id(value: Any) -> int | None:
+    """Label Studio sends the project as "<id>.<created timestamp>"."""
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value).split(".")[0])
+    except ValueError as exc:
+        raise BadRequestError(f"'project' must look like '<id>.<timestamp>', got {str(value)[:40]!r}") from exc
+
+
+class ScorerHandle:
+    """Loads the scorer on a background thread; get() waits a bounded time for it."""
+
+    def __init__(self, factory: Callable[[], Scorer]) -> None:
+        self._factory = factory
+        self._ready = threading.Event()
+        self._scorer: Scorer | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load, name="mdsvqa-model-load", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            self._scorer = self._factory()
+            log.info("model ready: %s (%.1f s)", self._scorer.model_version, time.monotonic() - started)
+        except BaseException as exc:  # noqa: BLE001 - reported through get() and /health
+            self._error = exc
+            log.error("loading the model failed: %s", exc)
+        finally:
+            self._ready.set()
+
+    @property
+    def state(self) -> str:
+        if not self._ready.is_set():
+            return "loading"
+        return "ready" if self._scorer is not None else "failed"
+
+    @property
+    def error(self) -> str | None:
+        return f"{type(self._error).__name__}: {self._error}" if self._error else None
+
+    def get(self, timeout: float | None = 0.0) -> Scorer:
+        if not self._ready.wait(timeout):
+            raise ModelNotReadyError("the model is still loading; try again in a moment")
+        if self._scorer is None:
+            raise ModelNotReadyError(f"the model failed to load: {self.error}", failed=True)
+        return self._scorer
+
+
+@dataclass
+class _Pending:
+    position: int
+    task_id: int | None
+    job: ScoreJob
+
+
+class BackendService:
+    def __init__(self, settings: Settings, *, scorer_factory: Callable[[], Scorer] | None = None,
+                 training: TrainingHook | None = None) -> None:
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.metrics = BackendMetrics()
+        self.access = AccessPolicy.from_settings(settings)
+        self.store = BackendStore(settings.backend_state_path)
+        self.configs = ConfigCache()
+        self.scorer = ScorerHandle(scorer_factory or (lambda: _load_real_scorer(settings)))
+        self.resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
+                                      timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
+        self.pusher = PredictionPusher(self.metrics)
+        self.queue = ScoringQueue(
+            scorer=lambda: self.scorer.get(None), resolver=self.resolver, store=self.store, metrics=self.metrics,
+            on_late_result=self.pusher.submit, batch_size=settings.batch_size,
+            download_workers=settings.download_workers,
+        )
+        self.sync = ProjectSync(instance_id=self.instance_id, public_url=settings.public_url,
+                                webhook_header=self.access.webhook_header,
+                                recheck_s=settings.model_version_recheck_s)
+        self.backfill = ProjectBackfill(self.queue, self.store, self.pusher)
+        self.training = training or RecordOnlyTraining(self.store)
+        self._setup_connections: dict[int, Connection] = {}
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        """Start loading the model and the background workers (after gunicorn forked the worker)."""
+        if self._started:
+            return
+        self._started = True
+        self.scorer.start()
+        self.queue.start()
+        self.pusher.start()
+        self.sync.start()
+        self.backfill.start()
+        threading.Thread(target=self._publish_model_info, name="mdsvqa-model-info", daemon=True).start()
+
+    def stop(self) -> None:
+        self.queue.stop()
+        self.pusher.stop()
+        self.sync.stop()
+        self.backfill.stop()
+        self.resolver.close()
+
+    def _publish_model_info(self) -> None:
+        try:
+            scorer = self.scorer.get(None)
+        except ModelNotReadyError:
+            return
+        self.metrics.model_info.info({"version": scorer.model_version})
+        self.metrics.model_ready.set(1)
+
+    # Connections -------------------------------------------------------------------------------
+    def connection_for(self, project_id: int | None) -> Connection | None:
+        """Label Studio URL and token: explicit settings win over what /setup sent."""
+        with self._lock:
+            from_setup = self._setup_connections.get(project_id) if project_id is not None else None
+        url = self.settings.label_studio_url or (from_setup.url if from_setup else None)
+        key = self.settings.label_studio_api_key
+        token = key.get_secret_value() if key else (from_setup.token if from_setup else None)
+        if not url or not token:
+            return None
+        try:
+            return Connection(url, token)
+        except ValueError:
+            log.warning("ignoring Label Studio URL %r: not an http(s) URL", url[:80])
+            return None
+
+    # Routes ---------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "UP",
+            "model_class": "MDS-VQA difficulty",
+            "model": self.scorer.state,
+            "instance_id": self.instance_id,
+            "queue_length": self.queue.pending,
+        }
+        if self.scorer.state == "ready":
+            body["model_version"] = self.scorer.get().model_version
+        elif self.scorer.state == "failed":
+            body["error"] = self.scorer.error
+        return body
+
+    def setup(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequestError("/setup body must be a JSON object")
+        project_id = parse_project_id(body.get("project"))
+        config = self.configs.get(body.get("schema") or "")  # LabelConfigError: the project cannot work
+        scorer = self.scorer.get(SETUP_WAIT_S)
+        version = scorer.model_version
+        if project_id is not None:
+            hostname, token = body.get("hostname"), body.get("access_token")
+            if isinstance(hostname, str) and isinstance(token, str) and hostname and token:
+                try:
+                    with self._lock:
+                        self._setup_connections[project_id] = Connection(hostname, token)
+                except ValueError:
+                    log.warning("/setup: ignoring hostname %r: not an http(s) URL", hostname[:80])
+            self.store.record_project(project_id)
+            connection = self.connection_for(project_id)
+            if connection is None:
+                log.warning("project %s: no Label Studio URL/token known: cannot keep model_version in sync or "
+                            "push late predictions (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", project_id)
+            else:
+                self.sync.request(project_id, connection, version)
+                if self.settings.score_project_on_setup:
+                    self.backfill.request(project_id, connection, config, version)
+        return {"model_version": version}
+
+    def predict(self, body: Any) -> dict[str, Any]:
+        started = time.monotonic()
+        deadline = started + self.settings.predict_deadline_s
+        if not isinstance(body, dict):
+            raise BadRequestError("/predict body must be a JSON object")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequestError("/predict body needs 'tasks': a list of tasks")
+        project_id = parse_project_id(body.get("project"))
+        config = self.configs.get(body.get("label_config") or "")
+        scorer = self.scorer.get(min(SETUP_WAIT_S, self.settings.predict_deadline_s))
+        version = scorer.model_version
+        connection = self.connection_for(project_id)
+
+        results: list[Any] = [[] for _ in tasks]  # [] = no prediction for this task (never a placeholder)
+        errors: list[dict[str, Any]] = []
+        pending: list[_Pending] = []
+        counts = {"cached": 0, "scored": 0, "deferred": 0, "failed": 0}
+
+        def settle(position: int, task_id: Any, outcome: JobOutcome | StoredOutcome, how: str) -> None:
+            if outcome.difficulty is not None:
+                results[position] = build_prediction(outcome.difficulty, config, version)
+                counts[how] += 1
+            else:
+                errors.append({"task": task_id, "error": outcome.error})
+                counts["failed"] += 1
+
+        for position, task in enumerate(tasks):
+            task_id = task.get("id") if isinstance(task, dict) else None
+            data = task.get("data") if isinstance(task, dict) else None
+            if not isinstance(data, dict) or config.video_field not in data:
+                errors.append({"task": task_id, "error": f"task has no '{config.video_field}' field in its data"})
+                counts["failed"] += 1
+                continue
+            ref = data[config.video_field]
+            if not isinstance(ref, str) or not ref.strip():
+                errors.append({"task": task_id, "error": f"'{config.video_field}' is not a media URL"})
+                counts["failed"] += 1
+                continue
+            key = media_key(ref.strip(), connection)
+            stored = self.store.outcome(version, key)
+            if stored is not None:
+                self.metrics.cache.labels("hit").inc()
+                settle(position, task_id, stored, "cached")
+                continue
+            self.metrics.cache.labels("miss").inc()
+            job = self.queue.submit(
+                MediaRequest(key, ref.strip(), task_id if isinstance(task_id, int) else None, connection),
+                priority=max(PRIORITY_INTERACTIVE, len(tasks)), model_version=version,
+            )
+            if isinstance(job, StoredOutcome):
+                settle(position, task_id, job, "cached")
+                continue
+            if isinstance(task_id, int):
+                job.watch(task_id)
+            pending.append(_Pending(position, task_id, job))
+
+        for item in pending:
+            item.job.wait(max(0.0, deadline - time.monotonic()))
+        for item in pending:
+            outcome: JobOutcome | None
+            if isinstance(item.task_id, int):
+                late = PushTarget(item.task_id, connection, config) if connection is not None else None
+                outcome = item.job.unwatch(item.task_id, late)
+            else:
+                outcome = item.job.outcome
+            if outcome is not None:
+                settle(item.position, item.task_id, outcome, "scored")
+            else:
+                counts["deferred"] += 1
+                errors.append({"task": item.task_id,
+                               "error": "still scoring at the deadline; the prediction will be added when ready"
+                               if connection else "still scoring at the deadline; retrieve predictions again later"})
+        for how, count in counts.items():
+            if count:
+                self.metrics.predictions.labels(how).inc(count)
+        if counts["deferred"] or counts["failed"]:
+            log.info("/predict: %d tasks: %s (%.2f s)", len(tasks), counts, time.monotonic() - started)
+        response: dict[str, Any] = {"results": results, "model_version": version}
+        if errors:
+            response["errors"] = errors
+        return response
+
+    def webhook(self, body: Any) -> WebhookReply:
+        reply = handle_event(body, store=self.store, training=self.training)
+        action = body.get("action") if isinstance(body, dict) and isinstance(body.get("action"), str) else "none"
+        self.metrics.webhooks.labels(action[:40], reply.handling).inc()
+        return reply
+
+    def versions(self) -> dict[str, Any]:
+        scorer = self.scorer.get(SETUP_WAIT_S)
+        return {"versions": [scorer.model_version]}
+
+
+def _load_real_scorer(settings: Settings) -> Scorer:
+    from ..scoring import DifficultyScorer
+
+    scorer = DifficultyScorer.from_settings(settings)
+    scorer.loaded  # load the weights now, not on the first request (/health says "loading" meanwhile)
+    return scorer
+

@@ -1,0 +1,98 @@
+"""Label Studio webhook events: acknowledge within Label Studio's 1 s, act later.
+
+Label Studio gives webhooks one second, so nothing slow happens here: events are
+recorded in the backend store and handed to hooks. START_TRAINING ("Start Training"
+button, ``POST /api/ml/{id}/train``; its body holds only the project) goes to the
+TrainingHook; the training module replaces the default, which records the request and
+says that training is not available in this version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .store import BackendStore
+
+log = logging.getLogger(__name__)
+
+START_TRAINING = "START_TRAINING"
+ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                                "ANNOTATIONS_DELETED"})
+# Actions Label Studio 1.23 sends that carry nothing for us (acknowledged, not recorded).
+OTHER_KNOWN_ACTIONS = frozenset({
+    "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "TASKS_CREATED", "TASKS_DELETED",
+    "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED", "REVIEW_CREATED", "REVIEW_UPDATED",
+    "REVIEWS_DELETED",
+})
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    status_code: int
+    body: dict[str, Any]
+    handling: str  # for metrics: acknowledged, recorded, ignored, rejected
+
+
+class TrainingHook(Protocol):
+    def start_training(self, project_id: int, event: dict[str, Any]) -> dict[str, Any]:
+        """Start (or queue) training for the project; must return within milliseconds."""
+
+
+class RecordOnlyTraining:
+    """Default hook until the training module lands: remember the request, say so clearly."""
+
+    def __init__(self, store: BackendStore) -> None:
+        self._store = store
+
+    def start_training(self, project_id: int, event: dict[str, Any]) -> dict[str, Any]:
+        request_id = self._store.record_event(START_TRAINING, project_id, event)
+        return {
+            "status": "acknowledged",
+            "training": "recorded",
+            "request_id": request_id,
+            "detail": "training request recorded; this backend version does not train yet",
+        }
+
+
+def project_id_of(event: dict[str, Any]) -> int | None:
+    """Webhook bodies carry the project as a serialized object (or, from older servers, an id)."""
+    project = event.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    if isinstance(project, str):
+        project = project.split(".")[0]
+    try:
+        return int(project) if project is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def handle_event(event: Any, *, store: BackendStore, training: TrainingHook) -> WebhookReply:
+    if not isinstance(event, dict):
+        return WebhookReply(400, {"error": "webhook body must be a JSON object with an 'action'"}, "rejected")
+    action = event.get("action")
+    if not isinstance(action, str) or not action:
+        return WebhookReply(400, {"error": "webhook body has no 'action'"}, "rejected")
+    project_id = project_id_of(event)
+
+    if action not in ANNOTATION_ACTIONS and action not in OTHER_KNOWN_ACTIONS and action != START_TRAINING:
+        log.warning("webhook: unknown action %r ignored", action[:64])
+        return WebhookReply(400, {"error": f"unknown webhook action {action[:64]!r}"}, "rejected")
+    if project_id is None:
+        return WebhookReply(400, {"error": f"{action}: the body names no project"}, "rejected")
+    if not store.is_known_project(project_id):
+        # Not ours: this backend never answered /setup for that project.
+        return WebhookReply(200, {"status": "ignored", "action": action,
+                                  "reason": f"project {project_id} was never set up on this backend"}, "ignored")
+    if action == START_TRAINING:
+        body = training.start_training(project_id, event)
+        log.info("project %s: START_TRAINING %s", project_id, body.get("status"))
+        return WebhookReply(200, {"action": action, "project": project_id, **body}, "acknowledged")
+    if action in ANNOTATION_ACTIONS:
+        event_id = store.record_event(action, project_id, event)
+        return WebhookReply(200, {"status": "recorded", "action": action, "project": project_id,
+                                  "event_id": event_id}, "recorded")
+    return WebhookReply(200, {"status": "ignored", "action": action, "reason": "nothing to do for this action"},
+                        "ignored")

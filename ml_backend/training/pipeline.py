@@ -1,0 +1,235 @@
+"""One training run end to end: labels -> split -> evaluate -> train -> evaluate -> version (-> activate).
+
+Shared by ``mdsvqa train`` (in the foreground) and the job process started by
+:meth:`ml_backend.training.jobs.JobManager.start_training` (target :func:`training_job`),
+so both produce identical versions. Data problems are refused before the model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import TrainingDataError
+from ..settings import Settings, load_settings
+from .data import LabelRow, LabelSet, data_hash, load_labels, split_labels
+from .evaluation import evaluate
+from .rewards import normalize_mos
+from .versions import VersionStore, looks_like_version_id
+
+log = logging.getLogger(__name__)
+
+Activation = Literal["never", "always", "if-better"]
+Progress = Callable[[float, str], None]
+QualityScorer = Callable[[list[Path]], np.ndarray]  # f's score per video, NaN where it has none
+
+
+@dataclass
+class TrainingOutcome:
+    version_id: str
+    kind: str
+    activated: bool
+    metrics_before: dict[str, Any] | None
+    metrics_after: dict[str, Any] | None
+    steps: int
+    skipped_labels: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version_id": self.version_id, "kind": self.kind, "activated": self.activated,
+                "metrics_before": self.metrics_before, "metrics_after": self.metrics_after, "steps": self.steps,
+                "skipped_labels": self.skipped_labels}
+
+
+def _normalised(rows: list[LabelRow] | tuple[LabelRow, ...], mos_range: tuple[float, float] | None) -> list[float]:
+    lo, hi = mos_range if mos_range is not None else (None, None)
+    return normalize_mos([r.mos for r in rows], lo, hi).tolist()
+
+
+def _metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, Any] | None:
+    """SRCC/PLCC over the videos that got a prediction; None when fewer than three did."""
+    ok = np.isfinite(predictions) & np.isfinite(targets)
+    if ok.sum() < 3:
+        return {"srcc": None, "plcc": None, "count": int(ok.sum()), "total": int(len(predictions)),
+                "fit": "none", "note": "fewer than three videos got a parseable score"}
+    result = evaluate(predictions[ok], targets[ok]).to_json()
+    result["total"] = int(len(predictions))
+    return result
+
+
+def _better(before: dict | None, after: dict | None) -> bool:
+    b = (before or {}).get("srcc")
+    a = (after or {}).get("srcc")
+    if a is None or not math.isfinite(a):
+        return False
+    return b is None or not math.isfinite(b) or a > b
+
+
+def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathLike, *,
+                 settings: Settings | None = None, objective: str | None = None, adapter: str | None = "stock",
+                 mos_range: tuple[float, float] | None = None, source_labels: str | os.PathLike | None = None,
+                 activate: Activation = "if-better", progress: Progress | None = None,
+                 quality_scorer: QualityScorer | None = None) -> TrainingOutcome:
+    """Train one version and publish it in ``model_dir``'s version store.
+
+    ``adapter``: where training starts. "stock" = a fresh LoRA on f for the quality
+    objective, the configured failure-predictor adapter for difficulty; "active" = the
+    active version of that kind (stock if none); a version id; or an adapter folder/hub id.
+    ``source_labels``: an optional second label set (e.g. the source-domain set) trained
+    alongside, in batches of its own; evaluation uses the held-out target labels only.
+    ``quality_scorer``: the difficulty objective's f scores for videos whose label row has
+    no ``f_score``; default: sampled answers of the base with the adapter disabled (e.g.
+    pass a constrained-decoding scorer, which always yields a score).
+    """
+    from . import loop
+    from .policy import Policy
+
+    settings = settings or load_settings()
+    ts = settings.training
+    objective = objective or ts.objective
+    if objective not in ("quality", "difficulty"):
+        raise TrainingDataError(f"unknown objective {objective!r}: use quality or difficulty")
+    report = progress or (lambda fraction, message: None)
+    store = VersionStore(model_dir)
+
+    # 1. Data, refused early.
+    label_set = labels if isinstance(labels, LabelSet) else load_labels(labels)
+    skipped = [str(p) for p in label_set.problems]
+    for problem in skipped:
+        log.warning("label skipped: %s", problem)
+    split = split_labels(label_set, held_out_fraction=ts.held_out_fraction, seed=ts.split_seed,
+                         min_train=ts.min_train_labels, min_held_out=ts.min_held_out_labels)
+    all_rows = list(split.train) + list(split.held_out)
+    mos_all = dict(zip([r.video for r in all_rows], _normalised(all_rows, mos_range)))
+    source_rows: list[LabelRow] = []
+    if source_labels is not None:
+        source_set = load_labels(source_labels)
+        skipped += [f"source {p}" for p in source_set.problems]
+        source_rows = list(source_set.rows)
+    source_mos = _normalised(source_rows, None) if source_rows else []
+    hash_of_data = data_hash(all_rows + source_rows)
+
+    # 2. Where training starts.
+    parent, start_adapter = _resolve_start(store, objective, adapter, settings)
+    report(0.02, "loading model")
+    policy = Policy.load(settings, start_adapter)
+
+    # 3. Quality scores of f (difficulty objective: e = |f - MOS|), adapter disabled.
+    f_scores: dict[Path, float] = {}
+    if objective == "difficulty":
+        all_labelled = all_rows + source_rows
+        f_scores = {r.video: r.f_score for r in all_labelled if r.f_score is not None}
+        videos = [r.video for r in all_labelled if r.f_score is None]
+        if videos:
+            report(0.05, f"scoring {len(videos)} video(s) with the quality model")
+            scorer = quality_scorer or (lambda paths: policy.predict(
+                paths, "quality", samples=ts.eval_samples, temperature=ts.temperature,
+                max_new_tokens=ts.max_new_tokens, use_adapter=False))
+            predicted = np.asarray(scorer(videos), dtype=np.float64)
+            f_scores.update({v: float(s) for v, s in zip(videos, predicted) if math.isfinite(s)})
+        missing = len(all_labelled) - len(f_scores)
+        if missing:
+            log.warning("%d video(s) got no parseable quality score and are left out of difficulty training", missing)
+
+    def held_out_metrics(stage: str) -> dict[str, Any] | None:
+        videos = [r.video for r in split.held_out]
+        task = "quality" if objective == "quality" else "difficulty"
+        predictions = policy.predict(videos, task, samples=ts.eval_samples, temperature=ts.temperature,
+                                     max_new_tokens=ts.max_new_tokens)
+        if objective == "quality":
+            targets = np.array([mos_all[v] for v in videos])
+        else:  # g should rank f's absolute error
+            targets = np.array([abs(f_scores[v] - mos_all[v]) if v in f_scores else np.nan for v in videos])
+        metrics = _metrics(predictions, targets)
+        log.info("held-out %s: %s", stage, metrics)
+        return metrics
+
+    report(0.15, "evaluating before training")
+    before = held_out_metrics("before")
+
+    # 4. Train.
+    def example(row: LabelRow, mos: float, dataset: str) -> loop.TrainExample | None:
+        if objective == "difficulty" and row.video not in f_scores:
+            return None
+        return loop.TrainExample(row.video, mos, dataset, f_scores.get(row.video))
+
+    examples = [e for r in split.train if (e := example(r, mos_all[r.video], "target")) is not None]
+    examples += [e for r, m in zip(source_rows, source_mos) if (e := example(r, m, "source")) is not None]
+    if len(examples) < 2:
+        raise TrainingDataError(f"only {len(examples)} training video(s) usable for the {objective} objective")
+
+    def on_step(step: loop.StepReport) -> None:
+        report(0.25 + 0.65 * step.step / step.total_steps,
+               f"step {step.step}/{step.total_steps} loss {step.loss:.4f} reward {step.reward:.3f}")
+
+    steps = loop.train(policy, examples, ts, objective, seed=ts.split_seed, on_step=on_step)
+    report(0.9, "evaluating after training")
+    after = held_out_metrics("after")
+
+    # 5. Publish, then maybe activate.
+    kind = objective
+    with store.draft(kind, parent=parent, data_hash=hash_of_data, settings={
+        "objective": objective, "base": settings.base, "start_adapter": start_adapter,
+        "training": ts.model_dump(mode="json"), "mos_range": list(mos_range) if mos_range else None,
+        "labels": {"train": len(split.train), "held_out": len(split.held_out), "source": len(source_rows),
+                   "skipped": len(skipped)},
+    }, steps=len(steps), tiny_model=bool(policy.base.is_tiny)) as draft:
+        policy.save_adapter(draft.adapter_dir)
+        draft.metadata["metrics_before"] = before
+        draft.metadata["metrics_after"] = after
+    version = draft.published
+    assert version is not None
+    activated = activate == "always" or (activate == "if-better" and _better(before, after))
+    if activated:
+        store.activate(version.id)
+    report(1.0, f"published {version.id}" + (" (active)" if activated else ""))
+    return TrainingOutcome(version.id, kind, activated, before, after, len(steps), skipped)
+
+
+def _resolve_start(store: VersionStore, objective: str, adapter: str | None, settings: Settings
+                   ) -> tuple[str | None, str | None]:
+    """(parent version id, adapter to load) for the ``adapter`` argument of :func:`run_training`."""
+    if adapter == "active":
+        active = store.active(objective)  # type: ignore[arg-type]
+        adapter = active.id if active is not None else "stock"
+    if adapter in (None, "stock"):
+        return None, (settings.adapter if objective == "difficulty" else None)
+    if not looks_like_version_id(adapter):
+        return None, adapter  # a folder or hub id
+    version = store.get(adapter)
+    if version.kind != objective:
+        raise TrainingDataError(f"version {adapter} is a {version.kind} adapter, not {objective}")
+    return version.id, str(version.adapter_path)
+
+
+def make_settings(settings: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment with explicit overrides, training overrides included.
+
+    Training overrides go through ``TrainingSettings(**overrides)`` so that the
+    ``MDSVQA_TRAIN_*`` environment still fills every knob not overridden.
+    """
+    from ..settings import TrainingSettings
+
+    base = load_settings(**(settings or {}))
+    clean = {k: v for k, v in (training or {}).items() if v is not None}
+    if clean:
+        base = base.model_copy(update={"training": TrainingSettings(**clean)})
+    return base
+
+
+def training_job(context, *, labels: str, model_dir: str, settings: dict[str, Any] | None = None,
+                 training: dict[str, Any] | None = None, objective: str | None = None, adapter: str | None = "stock",
+                 mos_range: list[float] | None = None, source_labels: str | None = None,
+                 activate: Activation = "if-better") -> dict[str, Any]:
+    """Job target (see :mod:`ml_backend.training.jobs`): JSON parameters in, JSON result out."""
+    outcome = run_training(labels, model_dir, settings=make_settings(settings, training), objective=objective,
+                           adapter=adapter, mos_range=tuple(mos_range) if mos_range else None,
+                           source_labels=source_labels, activate=activate,
+                           progress=lambda fraction, message: context.progress(fraction, message))
+    return outcome.to_json()

@@ -1,0 +1,218 @@
+"""The model being trained: base + one trainable LoRA adapter, rollouts and per-token log-probs.
+
+Training needs things serving does not: sampled completions kept as token ids, and a
+differentiable forward that scores those tokens under the adapter (policy) and with
+the adapter disabled (the frozen reference for the KL term). One PEFT model gives
+both, so the 7B base is in memory once. Prompts follow the training reference: the
+checkpoint's chat template without the "Video 1:" vision id, frames capped at
+``MDSVQA_TRAIN_MAX_FRAMES`` and ``MDSVQA_TRAIN_MAX_PIXELS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ModelNotFoundError
+from ..model.loading import TINY_WARNING, Runtime, patch_layout, choose_runtime
+from ..model.lora import lora_config
+from ..model.sources import ModelSource, resolve_source
+from ..prompts import Task
+from ..settings import Settings, VideoSettings
+from ..video.decoding import decode_video
+from ..scoring.inputs import PromptEncoder
+from ..video.patches import PatchLayout, video_patches
+from .rewards import parse_scores
+
+log = logging.getLogger(__name__)
+
+TOP_K = 50  # the reference's sampling (SPEC section 4); top_p 1
+
+
+@dataclass
+class VideoPrompt:
+    """One video with its prompt, as tensors on the model's device (batch of one)."""
+
+    input_ids: torch.Tensor  # (1, L)
+    pixel_values_videos: torch.Tensor  # (patches, 1176)
+    video_grid_thw: torch.Tensor  # (1, 3)
+    second_per_grid: float
+
+
+@dataclass
+class Completions:
+    """Sampled answers to one prompt: token ids right-padded, a mask of real tokens, decoded texts."""
+
+    tokens: torch.Tensor  # (n, T)
+    mask: torch.Tensor  # (n, T) float, 1 up to and including the end token
+    texts: list[str]
+
+
+def training_video_settings(settings: Settings) -> VideoSettings:
+    """The serving video settings with the training caps on frame count and frame area."""
+    ts = settings.training
+    max_pixels = min(settings.video.max_pixels, ts.max_pixels)
+    return settings.video.model_copy(update={
+        "max_frames": max(settings.video.min_frames, min(settings.video.max_frames, ts.max_frames)),
+        "max_pixels": max_pixels,
+        "min_pixels": min(settings.video.min_pixels, max_pixels),
+    })
+
+
+class Policy:
+    """A Qwen2.5-VL base with one trainable LoRA adapter (named "default")."""
+
+    def __init__(self, model: Any, processor: Any, runtime: Runtime, base: ModelSource,
+                 start_adapter: ModelSource | None, video_settings: VideoSettings) -> None:
+        self.model = model
+        self.processor = processor
+        self.runtime = runtime
+        self.base = base
+        self.start_adapter = start_adapter
+        self.video_settings = video_settings
+        self.layout: PatchLayout = patch_layout(processor)
+        self.device = torch.device(runtime.device)
+        config = model.get_base_model().config
+        # Training prompts carry no "Video 1: " id (SPEC section 2).
+        self.prompts = PromptEncoder(processor, int(config.video_token_id), self.layout.merge_size, vision_id=False)
+        generation = model.get_base_model().generation_config
+        eos = generation.eos_token_id
+        self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        self.pad_id = int(generation.pad_token_id if generation.pad_token_id is not None else self.eos_ids[0])
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: Settings, adapter: str | None) -> "Policy":
+        """Base ``settings.base`` plus a trainable adapter: ``adapter`` (a folder or hub id) or a fresh LoRA.
+
+        Only LoRA weights require gradients; the vision tower carries no LoRA at all
+        (``ml_backend.model.lora``).
+        """
+        from peft import PeftModel, get_peft_model
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
+        start = None if adapter is None else resolve_source(adapter, kind="adapter", offline=settings.offline,
+                                                            required_file="adapter_config.json")
+        runtime = choose_runtime(settings)
+        try:
+            processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                str(base.path), torch_dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attention,
+                local_files_only=True)
+        except Exception as exc:
+            raise ModelNotFoundError(f"base model {settings.base!r}: cannot load from {base.path}: {exc}") from exc
+        processor.tokenizer.padding_side = "left"
+        model.to(runtime.device)
+        if settings.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        if start is None:
+            peft_model = get_peft_model(model, lora_config())
+        else:
+            try:
+                peft_model = PeftModel.from_pretrained(model, str(start.path), is_trainable=True)
+            except Exception as exc:
+                raise ModelNotFoundError(f"adapter {adapter!r}: cannot load from {start.path}: {exc}") from exc
+        if base.is_tiny:
+            log.warning(TINY_WARNING)
+        return cls(peft_model, processor, runtime, base, start, training_video_settings(settings))
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save_adapter(self, directory: Path) -> None:
+        self.model.save_pretrained(str(directory), save_embedding_layers=False)
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def encode(self, video: Path, task: Task) -> VideoPrompt:
+        """Decode ``video`` at the training size and build its prompt (raises VideoError on bad files)."""
+        decoded = decode_video(video, self.video_settings)
+        patches, grid = video_patches(decoded.frames, self.layout)
+        ids = self.prompts.prompt_ids(task, grid)
+        return VideoPrompt(
+            input_ids=torch.tensor([ids], device=self.device),
+            pixel_values_videos=torch.from_numpy(patches).to(self.device, getattr(torch, self.runtime.dtype)),
+            video_grid_thw=torch.from_numpy(grid)[None].to(self.device),
+            second_per_grid=float(decoded.plan.seconds_per_grid),
+        )
+
+    # --- rollouts --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, prompt: VideoPrompt, count: int, *, temperature: float, max_new_tokens: int,
+               use_adapter: bool = True) -> Completions:
+        """``count`` sampled answers (top-k 50, top-p 1, as the reference samples)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._adapter(use_adapter):
+                sequences = self.model.generate(
+                    input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
+                    pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
+                    second_per_grid_ts=[prompt.second_per_grid], do_sample=True, temperature=temperature,
+                    top_k=TOP_K, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=count,
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+                    suppress_tokens=self.prompts.placeholder_ids())
+        finally:
+            self.model.train(was_training)
+        tokens = sequences[:, prompt.input_ids.shape[1]:]
+        mask = completion_mask(tokens, self.eos_ids)
+        lengths = mask.sum(dim=1).long().tolist()
+        texts = [self.processor.tokenizer.decode(row[:n], skip_special_tokens=True)
+                 for row, n in zip(tokens.tolist(), lengths)]
+        return Completions(tokens, mask, texts)
+
+    def predict(self, videos: list[Path], task: Task, *, samples: int, temperature: float,
+                max_new_tokens: int, use_adapter: bool = True) -> np.ndarray:
+        """Mean parsed score of ``samples`` sampled answers per video; NaN where none parsed."""
+        scores = np.full(len(videos), np.nan)
+        for index, video in enumerate(videos):
+            completions = self.sample(self.encode(video, task), samples, temperature=temperature,
+                                      max_new_tokens=max_new_tokens, use_adapter=use_adapter)
+            parsed = parse_scores(completions.texts)
+            if np.isfinite(parsed).any():
+                scores[index] = float(np.nanmean(parsed))
+        return scores
+
+    # --- scoring tokens --------------------------------------------------------------------------
+
+    def token_logprobs(self, prompt: VideoPrompt, completions: Completions, *, use_adapter: bool = True
+                       ) -> torch.Tensor:
+        """Log-probability of every completion token, shape (n, T); differentiable unless under no_grad."""
+        count = completions.tokens.shape[0]
+        prompt_ids = prompt.input_ids.expand(count, -1)
+        input_ids = torch.cat([prompt_ids, completions.tokens], dim=1)
+        attention = torch.cat([torch.ones_like(prompt_ids), completions.mask.to(prompt_ids.dtype)], dim=1)
+        with self._adapter(use_adapter):
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention,
+                pixel_values_videos=prompt.pixel_values_videos.repeat(count, 1),
+                video_grid_thw=prompt.video_grid_thw.repeat(count, 1),
+                second_per_grid_ts=torch.full((count,), prompt.second_per_grid, device=self.device),
+                use_cache=False,
+            ).logits
+        start = prompt.input_ids.shape[1]
+        completion_logits = logits[:, start - 1:-1].float()
+        return torch.log_softmax(completion_logits, dim=-1).gather(-1, completions.tokens[..., None]).squeeze(-1)
+
+    def _adapter(self, enabled: bool):
+        import contextlib
+
+        return contextlib.nullcontext() if enabled else self.model.disable_adapter()
+
+
+def completion_mask(tokens: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """1.0 for every token up to and including the first end token of its row, 0.0 after it."""
+    is_end = torch.zeros_like(tokens, dtype=torch.bool)
+    for end in end_ids:
+        is_end |= tokens == end
+    ended_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()  # ends strictly before each position
+    return (ended_before == 0).float()

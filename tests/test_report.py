@@ -1,0 +1,60 @@
+import json
+import re
+
+import numpy as np
+
+from ml_backend.cli import main
+from ml_backend.report.data import PickRow, ReportData, project_2d, video_means
+from ml_backend.report.html import render
+
+
+def clustered_pool(folder, count=24, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dim))
+    scores = {}
+    (folder / "features").mkdir(parents=True)
+    for i in range(count):
+        frames = centres[i % 3] + 0.2 * rng.normal(size=(6, dim))
+        frames /= np.linalg.norm(frames, axis=1, keepdims=True)
+        np.savez(folder / "features" / f"clip{i:02d}_features.npz", features=frames.astype(np.float32))
+        scores[f"clip{i:02d}.mp4"] = {"reasoning": "N/A", "score": round(float(rng.uniform(1, 5)), 2)}
+    scores["bad <b>name</b>.mp4"] = {"reasoning": "N/A", "score": None, "error": "not a decodable video"}
+    (folder / "scores.json").write_text(json.dumps(scores))
+    return folder
+
+
+def test_projection_is_deterministic_and_keeps_cluster_structure():
+    rng = np.random.default_rng(1)
+    points = np.vstack([rng.normal(0, 0.01, (5, 8)) + 1, rng.normal(0, 0.01, (5, 8)) - 1])
+    first, second = project_2d(points), project_2d(points.copy())
+    assert np.array_equal(first, second)
+    assert abs(first[:5, 0].mean() - first[5:, 0].mean()) > 1.0  # the two groups separate on PC1
+    assert project_2d(points[:1]).shape == (1, 2) and project_2d(np.zeros((0, 8))).shape == (0, 2)
+    names, means = video_means({"b": np.ones((2, 3)), "a": np.full((1, 3), 2.0)})
+    assert names == ["a", "b"] and np.allclose(np.linalg.norm(means, axis=1), 1)
+
+
+def test_render_is_self_contained_and_escapes_names():
+    data = ReportData(title="T <x>", difficulty={"a.mp4": 2.0, "b.mp4": 4.0},
+                      failed={"<script>.mp4": "broken"},
+                      embeddings={"a.mp4": np.eye(2, 4), "b.mp4": np.eye(2, 4)[::-1]},
+                      picks=[PickRow(1, "b.mp4", 4.0, 4.0, 0.0), PickRow(2, "a.mp4", 2.3, 2.0, 1.2)], lam=0.25)
+    page = render(data)
+    assert page.count("data:image/png;base64,") == 3  # histogram, map, objective terms
+    assert "<script>" not in page and "&lt;script&gt;.mp4" in page and "T &lt;x&gt;" in page
+    assert not re.search(r"(src|href)=[\"'](https?:|//)", page)  # nothing loaded from outside
+    assert "2.300" in page and "0.300" in page  # objective and lambda * distance of pick 2
+
+
+def test_report_command_selects_and_lists_versions(tmp_path):
+    pool = clustered_pool(tmp_path)
+    out = tmp_path / "report.html"
+    code = main(["report", "--scores", str(pool / "scores.json"), "--features", str(pool / "features"),
+                 "--budget", "5", "--out", str(out), "--title", "Pool A"])
+    assert code == 0
+    page = out.read_text()
+    rows = re.findall(r"<tr><td class='num'>(\d+)</td><td>(clip\d\d\.mp4)</td>", page)
+    assert [int(rank) for rank, _ in rows] == [1, 2, 3, 4, 5]
+    assert len({name for _, name in rows}) == 5
+    assert "bad &lt;b&gt;name&lt;/b&gt;.mp4" in page and "not a decodable video" in page
+    assert page.count("data:image/png;base64,") == 3
