@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("features", "features"),
     ("report", "report"),
+    ("select", "select"),
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),

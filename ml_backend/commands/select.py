@@ -1,0 +1,147 @@
+"""``mdsvqa select``: order videos for labeling by greedy difficulty + diversity (MDS-VQA).
+
+Reads the reference scores JSON and the per-video features folder, writes the picks as a
+JSON list of names (the reference format), optionally the per-step details. Videos with
+a failed score or unusable features are reported on stderr and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import MdsVqaError
+
+DIFFICULTY_RANGE = (1.0, 5.0)
+
+
+class SelectionInputError(MdsVqaError):
+    """The inputs of ``mdsvqa select`` cannot give a correct ordering."""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "select",
+        help="Order videos to label by greedy difficulty + diversity (MDS-VQA selection).",
+        description="Pick up to K videos greedily: first the most difficult one, then each step the video "
+        "maximising difficulty + lambda x mean Chamfer distance (of frame features) to everything "
+        "selected so far, already-labeled videos included. Writes the picks in order as a JSON list "
+        "of names. Videos with a null score or unusable features are reported and left out.",
+    )
+    parser.add_argument("--scores", required=True, metavar="FILE",
+                        help='Scores JSON {"<name>": {"score": <1-5 or null>, ...}} (mdsvqa score output).')
+    parser.add_argument("--features", required=True, metavar="DIR",
+                        help="Folder of <stem>_features.npz files, array 'features' of shape (frames, dim).")
+    parser.add_argument("--budget", required=True, type=int, metavar="K",
+                        help="Number of videos to pick (more than available: all of them, in order).")
+    parser.add_argument("--lambda", dest="lam", type=float, default=0.25, metavar="L",
+                        help="Weight of diversity against difficulty (default 0.25, the paper's value for CLIP "
+                        "features; 0.075 for SigLIP2).")
+    parser.add_argument("--labeled", metavar="FILE",
+                        help="JSON list of names already labeled: never picked, counted in the diversity term.")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu).")
+    parser.add_argument("--store-dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+                        help="Precision of the stored features. float16/bfloat16 halve memory but are approximate "
+                        "(exact greedy on rounded features); default float32.")
+    parser.add_argument("--out", required=True, metavar="FILE", help="Picks, a JSON list of names (written atomically).")
+    parser.add_argument("--details", metavar="FILE",
+                        help="Also write per step: name, objective, difficulty, mean_distance (JSON).")
+    parser.set_defaults(run=run)
+
+
+def _report(message: str) -> None:
+    print(f"mdsvqa select: {message}", file=sys.stderr)
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SelectionInputError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from selection.errors import SelectionError
+
+    try:
+        return _run(args)
+    except SelectionError as exc:
+        raise SelectionInputError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from selection.features import load_features
+    from selection.files import read_name_list, read_scores
+    from selection.greedy import select_greedy
+
+    from ..fileio import atomic_write_json
+
+    if args.budget < 0:
+        raise SelectionInputError(f"--budget must be >= 0, got {args.budget}")
+    device = _resolve_device(args.device)
+    scores = read_scores(args.scores)
+    labeled = read_name_list(args.labeled, "labeled list") if args.labeled else []
+    labeled_set = set(labeled)
+
+    left_out: dict[str, str] = {}
+    for name, reason in scores.unusable.items():
+        if name not in labeled_set:
+            left_out[name] = reason
+    candidates = [name for name in scores.scores if name not in labeled_set]
+    outside = [name for name in candidates if not DIFFICULTY_RANGE[0] <= scores.scores[name] <= DIFFICULTY_RANGE[1]]
+    if outside:
+        shown = ", ".join(f"{name} ({scores.scores[name]:g})" for name in outside[:5])
+        raise SelectionInputError(
+            f"{len(outside)} difficulty score(s) outside [1, 5] in {args.scores}: {shown}"
+            f"{' ...' if len(outside) > 5 else ''}. Difficulty is the raw 1-5 score; re-score these videos "
+            "or remove them from the file.")
+
+    features = load_features(args.features, candidates + labeled)
+    bad_labeled = [problem for problem in features.problems if problem.name in labeled_set]
+    if bad_labeled:
+        shown = "; ".join(str(problem) for problem in bad_labeled[:5])
+        raise SelectionInputError(
+            f"{len(bad_labeled)} labeled video(s) have no usable features, so the diversity term cannot be "
+            f"computed: {shown}. Extract their features or drop them from --labeled.")
+    for problem in features.problems:
+        left_out[problem.name] = f"{problem.reason} ({problem.path})"
+    for name, reason in left_out.items():
+        _report(f"left out {name}: {reason}")
+
+    index = {name: i for i, name in enumerate(features.names)}
+    if not features.names:
+        raise SelectionInputError("no video has both a usable score and usable features: nothing to select from")
+    difficulty = np.array([scores.scores.get(name, np.nan) if name not in labeled_set else np.nan
+                           for name in features.names], dtype=np.float64)
+    initial = [index[name] for name in labeled]
+    n_candidates = len(features.names) - len(initial)
+
+    started = time.perf_counter()
+    result = select_greedy(difficulty, features.frames, args.budget, args.lam, initial, device=device,
+                           store_dtype=args.store_dtype, difficulty_range=DIFFICULTY_RANGE)
+    seconds = time.perf_counter() - started
+    picks = [features.names[i] for i in result.picks]
+
+    atomic_write_json(args.out, picks)
+    if args.details:
+        atomic_write_json(args.details, {
+            "lambda": args.lam,
+            "budget": args.budget,
+            "labeled": len(initial),
+            "candidates": n_candidates,
+            "left_out": left_out,
+            "steps": [{"rank": rank, "name": features.names[step.index], "objective": step.objective,
+                       "difficulty": step.difficulty, "mean_distance": step.mean_distance}
+                      for rank, step in enumerate(result.steps(), start=1)],
+        })
+    if result.budget_clipped:
+        _report(f"budget {args.budget} exceeds the {n_candidates} candidates: all of them are ordered")
+    _report(f"picked {len(picks)} of {n_candidates} candidates ({len(initial)} labeled, {len(left_out)} left out) "
+            f"in {seconds:.2f} s -> {args.out}")
+    return 0

@@ -1,0 +1,117 @@
+"""Per-video frame features on disk: ``DIR/<stem>_features.npz`` holding ``features`` (frames x dim).
+
+The layout of the reference code. A video ``clips/x.mp4`` is matched to
+``DIR/x_features.npz`` by its stem. Loading never stops at a bad file: each missing,
+unreadable, empty, ill-shaped or non-finite file becomes a ``FeatureProblem`` so the
+caller can report it and go on with the rest.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DuplicateNameError
+
+FEATURES_SUFFIX = "_features.npz"
+FEATURES_KEY = "features"
+
+
+def features_path(directory: str | Path, video_name: str) -> Path:
+    return Path(directory) / f"{Path(video_name).stem}{FEATURES_SUFFIX}"
+
+
+def save_features(directory: str | Path, video_name: str, frames: np.ndarray) -> Path:
+    """Write one video's features in the reference layout (float32)."""
+    path = features_path(directory, video_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{FEATURES_KEY: np.asarray(frames, dtype=np.float32)})
+    return path
+
+
+@dataclass(frozen=True)
+class FeatureProblem:
+    name: str
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason} ({self.path})"
+
+
+@dataclass
+class LoadedFeatures:
+    """Videos whose features loaded (same order as asked), and what went wrong with the others."""
+
+    names: list[str] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)  # float32 (n_i, dim)
+    problems: list[FeatureProblem] = field(default_factory=list)
+    dim: int | None = None
+
+
+def check_unique_stems(names: Sequence[str]) -> None:
+    """Two names with one stem would read the same features file: refuse instead of guessing."""
+    by_stem: dict[str, list[str]] = {}
+    for name in names:
+        by_stem.setdefault(Path(name).stem, []).append(name)
+    clashes = {stem: group for stem, group in by_stem.items() if len(group) > 1}
+    if clashes:
+        shown = "; ".join(f"{stem}: {', '.join(group)}" for stem, group in list(clashes.items())[:5])
+        raise DuplicateNameError(f"names share a features-file stem, so their features cannot be told apart: {shown}")
+
+
+def _read_one(path: Path) -> np.ndarray | str:
+    """The frames array, or the reason it cannot be used."""
+    if not path.is_file():
+        return "features file missing"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if FEATURES_KEY not in archive.files:
+                return f"no '{FEATURES_KEY}' array (has: {', '.join(archive.files) or 'nothing'})"
+            frames = archive[FEATURES_KEY]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        return f"unreadable features file ({type(exc).__name__}: {exc})"
+    if not (np.issubdtype(frames.dtype, np.floating) or np.issubdtype(frames.dtype, np.integer)):
+        return f"features have dtype {frames.dtype}, expected numbers"
+    if frames.ndim != 2:
+        return f"features have shape {frames.shape}, expected (frames, dim)"
+    if frames.shape[0] == 0:
+        return "features hold no frame"
+    if frames.shape[1] == 0:
+        return "features have dimension 0"
+    frames = frames.astype(np.float32, copy=False)
+    if not np.isfinite(frames).all():
+        return "features hold NaN or infinite values"
+    return frames
+
+
+def load_features(directory: str | Path, names: Sequence[str]) -> LoadedFeatures:
+    """Load every video's frames; videos whose dimension differs from the most common one are problems too."""
+    check_unique_stems(names)
+    loaded: list[tuple[str, np.ndarray]] = []
+    result = LoadedFeatures()
+    for name in names:
+        path = features_path(directory, name)
+        frames = _read_one(path)
+        if isinstance(frames, str):
+            result.problems.append(FeatureProblem(name, path, frames))
+        else:
+            loaded.append((name, frames))
+    if not loaded:
+        return result
+    dims = Counter(frames.shape[1] for _name, frames in loaded)
+    result.dim = dims.most_common(1)[0][0]  # ties: the dimension met first
+    for name, frames in loaded:
+        if frames.shape[1] == result.dim:
+            result.names.append(name)
+            result.frames.append(frames)
+        else:
+            result.problems.append(FeatureProblem(
+                name, features_path(directory, name),
+                f"features have dimension {frames.shape[1]}, most videos have {result.dim}"))
+    return result
