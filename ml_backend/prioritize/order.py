@@ -56,8 +56,8 @@ def pick_priority(rank: int, n_picks: int) -> float:
 
 def rest_priority(difficulty: float, task_id: int) -> float:
     """Score of a task ordered by difficulty (not picked): in (0, 0.5), independent of other tasks."""
-    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < _ID_SCALE:
-        raise ValueError(f"task id must be an integer in [0, 2**40), got {task_id!r}")
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 < task_id < _ID_SCALE:
+        raise ValueError(f"task id must be an integer in [1, 2**40), got {task_id!r}")
     return PICK_FLOOR * (difficulty_level(difficulty) + 1 - task_id / _ID_SCALE) / _LEVELS
 
 
