@@ -283,6 +283,10 @@ def prioritize_project(client: PriorityApi, project_id: int, *, model_version: s
 
     summary.view_id, summary.view_action = ensure_view(client, project_id)
     summary.seconds = time.monotonic() - started
-    log.info("project %s: queue ordered: %d tasks, %d picks, %d scores written (%.1f s)", project_id,
-             len(summary.order), len(summary.picks), summary.updated, summary.seconds)
+    if summary.order:
+        log.info("project %s: queue ordered: %d tasks, %d picks, %d scores written (%.1f s)", project_id,
+                 len(summary.order), len(summary.picks), summary.updated, summary.seconds)
+    else:
+        log.info("project %s: nothing to order yet (%d tasks, %d labeled, %d without a usable prediction)",
+                 project_id, summary.tasks, len(summary.labeled), len(summary.without_difficulty))
     return summary
