@@ -422,3 +422,70 @@ def test_a_steady_stream_of_asks_still_gets_a_pass():
         wait_for(keep_asking, timeout=5, interval=0.05, what="a pass despite asks every 50 ms")
     finally:
         scheduler.stop()
+
+
+# -- wiring: the backend asks for passes, never runs them inside a request --------------------------
+
+def test_backend_asks_for_passes_on_setup_predictions_and_labels(tmp_path):
+    from ml_backend.server.app import create_app
+    from ml_backend.server.service import BackendService
+    from ml_backend.settings import PrioritySettings, Settings
+    from tests.backend_fakes import FakeScorer
+
+    settings = Settings(cache_dir=tmp_path / "cache", priority=PrioritySettings(debounce_s=600))
+    service = BackendService(settings, scorer_factory=FakeScorer)
+    client = create_app(service=service).test_client()
+    try:
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
+        assert client.post("/webhook", json=event).json["status"] == "ignored", "not set up here: not ours"
+        assert service.priority.scheduler.pending() == {}
+        client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
+                                    "access_token": "token"})
+        assert set(service.priority.scheduler.pending()) == {1}
+        assert client.post("/webhook", json=event).json["status"] == "recorded"
+        assert service.priority.scheduler.passes == 0 and service.priority.scheduler.pending()[1] > 500
+    finally:
+        service.stop()
+        service.store.close()
+
+    off = BackendService(Settings(cache_dir=tmp_path / "off", priority=PrioritySettings(enabled=False)),
+                         scorer_factory=FakeScorer)
+    client = create_app(service=off).test_client()
+    try:
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
+        client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
+                                    "access_token": "token"})
+        assert off.priority.scheduler.pending() == {}
+    finally:
+        off.stop()
+        off.store.close()
+
+
+# -- the command's bad inputs ---------------------------------------------------------------------------
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path):
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MDSVQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MDSVQA_OFFLINE", "true")
+
+
+def test_command_says_plainly_when_label_studio_is_unreachable(cli_env, capsys):
+    import socket
+
+    from ml_backend.cli import main
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["prioritize", "--url", f"http://127.0.0.1:{port}", "--token", "t", "--project", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot reach Label Studio at http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+    assert main(["prioritize", "--project", "3"]) == 2
+    assert "give --url and --token" in capsys.readouterr().err
+    assert main(["prioritize", "--url", "http://x", "--token", "t", "--project", "3", "--budget", "-1"]) == 2
+    assert "--budget must be >= 0" in capsys.readouterr().err

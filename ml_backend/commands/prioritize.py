@@ -46,7 +46,7 @@ def _report(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
-    from ..labelstudio.client import Connection, api_for
+    from ..labelstudio.client import Connection, LabelStudioApiError, api_for
     from ..labelstudio.media import MediaResolver
     from ..model.loading import resolve_model, shared_model
     from ..prioritize.features import FeatureSource, FeatureStore, VisionFeatureComputer, feature_identity
@@ -71,6 +71,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
 
+    client = PriorityApi(api_for(connection))
+    try:  # reach Label Studio before anything else, and say so plainly when it cannot be reached
+        client.project(args.project)
+    except LabelStudioApiError as exc:
+        if exc.status is None:
+            raise LabelStudioApiError(f"cannot reach Label Studio at {connection.url}: {exc}") from exc
+        if exc.status in (401, 403):
+            raise LabelStudioApiError(f"Label Studio at {connection.url} refused the token: {exc}") from exc
+        if exc.status == 404:
+            raise PriorityError(f"Label Studio at {connection.url} has no project {args.project}") from exc
+        raise
     spec = resolve_model(settings)  # cheap: names the features' model without loading it
     store = FeatureStore(settings.cache_dir / "features", feature_identity(spec, settings.video))
     resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
@@ -79,12 +90,15 @@ def run(args: argparse.Namespace) -> int:
         computer = (VisionFeatureComputer(lambda: shared_model(settings), settings, resolver, connection)
                     if args.extract else None)
         device = spec.runtime.device if spec.runtime.device.startswith("cuda") else "cpu"
-        summary = prioritize_project(PriorityApi(api_for(connection)), args.project,
+        summary = prioritize_project(client, args.project,
                                      model_version=args.model_version, features=FeatureSource(store, computer),
                                      budget=budget, budget_fraction=fraction, lam=lam, device=device)
     finally:
         resolver.close()
-    for line in summary.problems():
+    problems = summary.problems()
+    for line in problems[:50]:
         _report(line)
+    if len(problems) > 50:
+        _report(f"... and {len(problems) - 50} more")
     print(summary.describe())
     return 0

@@ -26,14 +26,15 @@ from typing import Any
 from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..settings import PrioritySettings
 from .features import FeatureRecorder, FeatureSource, FeatureStore, VisionFeatureComputer
-from .labelstudio import PriorityApi
-from .run import PriorityError, PrioritySummary, prioritize_project
+from .labelstudio import SEQUENTIAL, PriorityApi
+from .run import VIEW_TITLE, PriorityError, PrioritySummary, prioritize_project
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_FACTOR = 5.0
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0)
 BUSY_RECHECK_S = 5.0  # earliest re-run while predictions are still being scored or pushed
+RECENT_PREDICT_S = 30.0  # Label Studio stores a /predict answer after it arrives: predictions may still land
 
 
 @dataclass
@@ -152,6 +153,8 @@ class BackendPriority:
         self._resolver = resolver
         self._busy = busy
         self._seen: set[tuple[int, str]] = set()
+        self._warned: set[int] = set()
+        self._last_predict: dict[int, float] = {}
         self._lock = threading.Lock()
         self.last: dict[int, PrioritySummary] = {}
         self.scheduler = PriorityScheduler(self.run, debounce_s=settings.debounce_s)
@@ -184,6 +187,8 @@ class BackendPriority:
 
     def on_predict(self, project_id: int | None, connection: Connection | None, answered: int) -> None:
         if self.settings.enabled and project_id is not None and connection is not None and answered:
+            with self._lock:
+                self._last_predict[project_id] = time.monotonic()
             self.scheduler.request(project_id, connection, "predictions")
 
     def on_event(self, project_id: int | None, connection: Connection | None, recorded: bool) -> None:
@@ -211,13 +216,27 @@ class BackendPriority:
             self._passes.labels("ok").inc()
             self._scores.inc(summary.updated)
         self.last[project_id] = summary
-        for line in summary.problems()[:20]:
-            log.info("project %s: %s", project_id, line)
-        if summary.lacking_prediction and self._busy():
-            # predictions are still being scored or pushed: order again once they are in
+        self._report(project_id, summary)
+        with self._lock:
+            recent = time.monotonic() - self._last_predict.get(project_id, -RECENT_PREDICT_S) < RECENT_PREDICT_S
+        if summary.lacking_prediction and (recent or self._busy()):
+            # predictions are still being scored, pushed or stored: order again once they are in
             self.scheduler.request(project_id, connection, "late predictions",
                                    delay=max(self.settings.debounce_s, BUSY_RECHECK_S))
         return summary
+
+    def _report(self, project_id: int, summary: PrioritySummary) -> None:
+        groups = (("tasks left unscored (no usable prediction of this version)", summary.without_difficulty),
+                  ("tasks not pickable (no features)", summary.without_features),
+                  ("labeled tasks without features", summary.seeds_without_features))
+        for what, found in groups:
+            if found:
+                task_id, reason = next(iter(found.items()))
+                log.info("project %s: %d %s, e.g. task %s: %s", project_id, len(found), what, task_id, reason)
+        if summary.sampling != SEQUENTIAL and project_id not in self._warned:
+            self._warned.add(project_id)
+            log.warning("project %s uses %r: Label Studio follows the %r view only under %r", project_id,
+                        summary.sampling, VIEW_TITLE, SEQUENTIAL)
 
 
 def _selection_device(scorer: Any) -> str:
