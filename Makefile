@@ -1,11 +1,17 @@
-# Two commands matter: `make run` (set up, then score the shared videos) and `make test`.
+# Two commands matter: `make demo` (set up, then run the whole loop locally) and `make test`.
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench docker-check clean
+.PHONY: setup demo demo-check run test bench docker-check clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/mdsvqa demo
+
+demo-check: setup
+	$(VENV)/bin/mdsvqa demo --check
 
 run: setup
 	@VENV=$(VENV) scripts/score_shared.sh

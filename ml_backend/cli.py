@@ -17,8 +17,9 @@ from . import __version__
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("features", "features"),
-    ("report", "report"),
     ("select", "select"),
+    ("report", "report"),
+    ("demo", "demo"),
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),

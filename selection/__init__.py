@@ -1,30 +1,26 @@
 """Greedy difficulty-diversity selection of videos to label (MDS-VQA), exact and fast.
 
-``select_greedy`` is the scalable implementation, ``reference_select`` the per-pair one it
-is tested against; both return a ``SelectionResult``. See docs/selection.md.
+``select_greedy`` is the scalable implementation (torch, imported on first use),
+``reference_select`` the per-pair float64 one it is tested against; both return a
+``SelectionResult``. See docs/selection.md.
 """
 
 from .chamfer import chamfer_distance
 from .errors import (BudgetError, DifficultyError, DuplicateNameError, EmptyPoolError, FrameError, InitialSetError,
-                     LambdaError, SelectionError)
+                     InputFileError, LambdaError, SelectionError)
 from .objective import TIE_TOLERANCE
+from .reference import reference_select
 from .result import SelectionResult, SelectionStep
 
 
-def select_greedy(*args, **kwargs):
-    """See ``selection.greedy.select_greedy`` (imported lazily: it needs torch)."""
-    from .greedy import select_greedy as run
+def __getattr__(name: str):
+    if name == "select_greedy":  # keeps `import selection` free of torch
+        from .greedy import select_greedy
 
-    return run(*args, **kwargs)
-
-
-def reference_select(*args, **kwargs):
-    """See ``selection.reference.reference_select``."""
-    from .reference import reference_select as run
-
-    return run(*args, **kwargs)
+        return select_greedy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["BudgetError", "DifficultyError", "DuplicateNameError", "EmptyPoolError", "FrameError", "InitialSetError",
-           "LambdaError", "SelectionError", "SelectionResult", "SelectionStep", "TIE_TOLERANCE", "chamfer_distance",
-           "reference_select", "select_greedy"]
+           "InputFileError", "LambdaError", "SelectionError", "SelectionResult", "SelectionStep", "TIE_TOLERANCE",
+           "chamfer_distance", "reference_select", "select_greedy"]

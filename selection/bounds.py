@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 _SAFETY = 1e-6  # relative slack for the square root and the float64 sums
-_CHUNK_FRAMES = 65536
+_CHUNK_FRAMES = 16384
 
 
 class CentroidBounds:

@@ -8,12 +8,14 @@ rule), computed the scalable way:
 * those come from ``kernel.chamfer_matrix``: one chunked matrix product over the frames
   plus segment min/mean reductions; memory is O(total_frames x dim), never N x N or K x N;
 * exact pruning (on by default, ``prune=False`` turns it off): a video whose upper bound
-  (``bounds.CentroidBounds``) on the objective is below the best exact objective minus
-  the tie tolerance and the kernel's worst-case float error cannot be picked at this
-  step, so its distances to new picks are not computed yet. They are caught up, all at
-  once, the first step its bound comes within reach. Only the "active" videos, packed
-  contiguously, are updated per step. When that set grows past half the pool the run
-  switches to updating every video (no copy, no bookkeeping).
+  on the objective is below the best exact objective minus the tie tolerance and the
+  kernel's worst-case float error cannot be picked at this step, so its distances to new
+  picks are not computed yet; they are caught up, all at once, the first step its bound
+  comes within reach. Bounds (``bounds.CentroidBounds``) are themselves kept only for the
+  videos whose static priority (difficulty + lam x largest possible distance) is in
+  reach: a prefix of one ranking made at the start. Only the "active" videos, packed
+  contiguously, are updated by the kernel per step. When that set grows past half the
+  pool the run switches to updating every video (no copy, no bookkeeping).
 
 Pruning changes what is computed, never which video wins: the picks are those of the
 plain full update, which the tests check against the reference.

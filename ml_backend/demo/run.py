@@ -1,0 +1,204 @@
+"""``mdsvqa demo``: the whole loop on loopback, offline, in a few minutes.
+
+Label Studio and the backend start as subprocesses; a project gets the shared videos and a
+derived pool; the backend scores them (and keeps their features); the queue is ordered by
+difficulty-diversity selection; the top of the queue is printed. ``check`` mode verifies the
+result headless and stops; otherwise both services run until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MdsVqaError
+from .pool import derive_pool
+from .processes import REPO, BackendService, LabelStudioService, start_backend, start_label_studio
+from .studio import Studio
+
+VIEW_TITLE = "MDS-VQA priority"
+SHARED_VIDEOS = REPO.parent / "shared" / "videos"
+
+
+class DemoCheckFailed(MdsVqaError):
+    pass
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path
+    videos: Path = SHARED_VIDEOS
+    port: int | None = None
+    budget: int = 8
+    check: bool = False
+    show: int = 10
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def choose_model(workdir: Path) -> tuple[str, str, bool]:
+    """(base, adapter, is_tiny): configured or cached real checkpoints, else the tiny random model."""
+    from ..model.loading import resolve_model
+    from ..settings import load_settings
+
+    configured = load_settings()
+    try:
+        spec = resolve_model(load_settings(offline=True))
+        if not spec.is_tiny:
+            return configured.base, configured.adapter, False
+    except MdsVqaError:
+        pass
+    from ..model.tiny import write_tiny_model
+
+    tiny = workdir / "tiny-model"
+    if not (tiny / "adapter" / "adapter_config.json").exists():
+        write_tiny_model(tiny)
+    return str(tiny / "base"), str(tiny / "adapter"), True
+
+
+def _label_config() -> str:
+    path = REPO / "label_config.xml"
+    if not path.exists():
+        raise MdsVqaError(f"{path} not found: run the demo from a checkout of the repository")
+    return path.read_text()
+
+
+def _good_prediction(task: dict) -> dict | None:
+    for prediction in task.get("predictions") or []:
+        for result in prediction.get("result") or []:
+            number = (result.get("value") or {}).get("number")
+            if isinstance(number, (int, float)):
+                return prediction
+    return None
+
+
+def _wait(condition, *, timeout: float, what: str, services: list, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for service in services:
+            if not service.managed.alive():
+                raise MdsVqaError(f"{service.managed.name} stopped while waiting for {what}; log: "
+                                  f"{service.managed.log}")
+        if time.monotonic() > deadline:
+            raise MdsVqaError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_demo(options: DemoOptions) -> int:
+    workdir = options.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    base, adapter, tiny = choose_model(workdir)
+    if tiny:
+        say("real checkpoints not available offline: using a TINY RANDOM model. Every part of the loop runs; "
+            "the difficulty values are MEANINGLESS. Set MDSVQA_BASE/MDSVQA_ADAPTER for real ones.")
+    else:
+        say(f"model: {base} + {adapter}")
+
+    sources = sorted(options.videos.glob("*.mp4"))
+    if not sources:
+        raise MdsVqaError(f"no .mp4 videos in {options.videos}")
+    say(f"deriving the pool from {len(sources)} videos (resolutions, bitrates, blur, noise) ...")
+    videos = sources + derive_pool(sources, workdir / "pool")
+
+    services: list = []
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        say("starting Label Studio (about 30 s the first time) ...")
+        studio_service: LabelStudioService = start_label_studio(workdir / "label-studio", port=options.port)
+        services.append(studio_service)
+        say("starting the backend ...")
+        backend: BackendService = start_backend(
+            base=base, adapter=adapter, cache_dir=workdir / "cache", model_dir=workdir / "models",
+            log=workdir / "backend.log",
+            extra_env={"LABEL_STUDIO_URL": studio_service.url, "LABEL_STUDIO_API_KEY": studio_service.token,
+                       "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true"})
+        services.append(backend)
+        studio = Studio(studio_service.url, studio_service.token)
+
+        project = studio.create_project(f"MDS-VQA demo {time.strftime('%H:%M:%S')}", _label_config())
+        say(f"project {project}: uploading {len(videos)} videos ...")
+        studio.upload(project, videos)
+        studio.connect_backend(project, backend.url)
+        say("backend connected; scoring every task in the background ...")
+
+        def scored() -> list[dict] | None:
+            tasks = studio.tasks(project)
+            done = [t for t in tasks if _good_prediction(t)]
+            return tasks if len(done) == len(tasks) else None
+
+        tasks = _wait(scored, timeout=1200, what="difficulty predictions for every task", services=services,
+                      interval=2.0)
+        say(f"all {len(tasks)} tasks have a predicted difficulty; ordering the queue ...")
+        _prioritize(studio_service, project, options.budget)
+        view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
+        queue = studio.tasks(project, view=view["id"])
+        _print_queue(studio_service, project, queue, options.show)
+        if options.check:
+            _check(studio, project, view["id"], queue)
+            say("check passed: every task predicted, versions aligned, the queue follows the computed order")
+            return 0
+        say("Ctrl-C stops Label Studio and the backend.")
+        try:
+            while not stop.wait(1.0):
+                if not all(s.managed.alive() for s in services):
+                    raise MdsVqaError("a service stopped; logs are in " + str(workdir))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for service in reversed(services):
+            service.managed.stop()
+        if services:
+            say("stopped Label Studio and the backend")
+
+
+def _prioritize(service: LabelStudioService, project: int, budget: int) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "ml_backend.cli", "prioritize", "--url", service.url, "--project", str(project),
+               "--budget", str(budget)]
+    env["LABEL_STUDIO_API_KEY"] = service.token  # the token goes through the environment, never argv
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise MdsVqaError(f"mdsvqa prioritize failed:\n{result.stderr[-2000:]}")
+
+
+def _print_queue(service: LabelStudioService, project: int, queue: list[dict], show: int) -> None:
+    print(f"\nLabel Studio: {service.url}/projects/{project}/data", flush=True)
+    print(f"  user: {service.username}\n  password: {service.password}", flush=True)
+    print(f"  view '{VIEW_TITLE}' + 'Label Tasks As Displayed' serves this order:\n", flush=True)
+    print(f"  {'#':>3}  {'task':>5}  {'priority':>8}  {'difficulty':>10}  video", flush=True)
+    for rank, task in enumerate(queue[:show], start=1):
+        prediction = _good_prediction(task) or {}
+        number = next(((r.get("value") or {}).get("number") for r in prediction.get("result", [])), None)
+        name = str(task["data"].get("video", "")).rsplit("/", 1)[-1].split("-", 1)[-1]
+        print(f"  {rank:>3}  {task['id']:>5}  {prediction.get('score', 0):>8.3f}  {number:>10.2f}  {name}", flush=True)
+    print(flush=True)
+
+
+def _check(studio: Studio, project: int, view: int, queue: list[dict]) -> None:
+    details = studio.project(project)
+    versions = {(_good_prediction(t) or {}).get("model_version") for t in queue}
+    if len(versions) != 1 or details.get("model_version") not in versions:
+        raise DemoCheckFailed(f"model versions differ: project {details.get('model_version')!r}, "
+                              f"predictions {sorted(map(str, versions))}")
+    scores = [(_good_prediction(t) or {}).get("score") for t in queue]
+    if any(s is None for s in scores) or scores != sorted(scores, reverse=True):
+        raise DemoCheckFailed(f"the view is not ordered by priority: {scores[:10]}")
+    if len(set(scores)) != len(scores):
+        raise DemoCheckFailed("priorities are not distinct: the order would be ambiguous")
+    first = studio.next_task(project, view)
+    if not first or first.get("id") != queue[0]["id"]:
+        raise DemoCheckFailed(f"/next served task {first and first.get('id')}, the queue starts with {queue[0]['id']}")
