@@ -190,6 +190,7 @@ def test_prioritize_command(label_studio, backend, project, tiny_model, tmp_path
     assert run.returncode == 0, run.stdout + run.stderr
     assert "greedy picks:                 3 (budget 3)" in run.stdout, run.stdout
     assert label_studio.token not in run.stdout + run.stderr
+    assert "features computed now" not in run.stdout, "the command found the features the backend kept"
     found = ordered(label_studio, backend, project, lam=0.25, budget=3)
     assert found is not None, "the view follows the command's order (K=3, lambda 0.25)"
     again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -240,7 +240,7 @@ def prioritize_project(client: PriorityApi, project_id: int, *, model_version: s
     # Features of the pool and the seeds
     no_media: dict[int, str] = {}
     requests = _feature_requests(pool_tasks + seeds, config, client, no_media)
-    if features is not None and requests and summary.budget > 0:
+    if features is not None and pool_tasks and summary.budget > 0:
         loaded = features.features(list(requests.values()))
         summary.features_computed = features.computed
     else:
