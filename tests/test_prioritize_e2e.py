@@ -98,6 +98,20 @@ def features_of(backend, label_studio, tasks) -> dict[int, np.ndarray] | None:
     return {task_id: loaded.frames[media_key(t["video"], connection)] for task_id, t in tasks.items()}
 
 
+def stored_difficulty(backend, label_studio, tasks, version) -> dict[int, float]:
+    """What the backend scored, from its own store (read-only), by task."""
+    import sqlite3
+
+    connection = Connection(label_studio.url, label_studio.token)
+    db = sqlite3.connect(f"file:{backend.cache_dir / 'backend.sqlite'}?mode=ro", uri=True, timeout=10)
+    try:
+        return {task_id: db.execute("SELECT difficulty FROM media_scores WHERE model_version=? AND media_key=?",
+                                    (version, media_key(t["video"], connection))).fetchone()[0]
+                for task_id, t in tasks.items()}
+    finally:
+        db.close()
+
+
 def expected_order(tasks: dict, frames: dict, budget: int, lam: float) -> list[int]:
     from selection import reference_select
 
@@ -146,9 +160,11 @@ def test_scored_project_is_queued_in_the_computed_order(label_studio, backend, p
     view, expected, tasks = found["view"], found["expected"], found["tasks"]
     assert view["data"]["ordering"] == VIEW_ORDERING
     assert sorted(expected) == sorted(project["tasks"]) and len(expected) == 6
+    scored = stored_difficulty(backend, label_studio, tasks, project["version"])
     for task_id, info in tasks.items():
         difficulty, score = info["predictions"][0]
-        assert 1 <= difficulty <= 5 and 0 < score <= 1, "the Number keeps the difficulty, the score the rank"
+        assert difficulty == round(scored[task_id], 2), "the Number control still holds the difficulty"
+        assert 0 < score <= 1
     assert tasks[expected[0]]["predictions"][0][0] == max(t["predictions"][0][0] for t in tasks.values())
     assert label_studio.project(project["id"])["sampling"] == "Sequential sampling"
     served = next_task(label_studio, project["id"], view["id"])
