@@ -63,8 +63,10 @@ class CentroidBounds:
         self.radius_term = (radius_term * (1 + _SAFETY)).cpu().numpy()
         # Squared norms of the float32 centres in float64 (exact enough); the float32 products
         # against them err by at most gamma * (|c_x|^2 + |c_t|^2).
-        self.centroid_sq = torch.linalg.vecdot(self.centroids.to(torch.float64),
-                                               self.centroids.to(torch.float64)).cpu().numpy()
+        self.centroid_sq = np.concatenate([
+            torch.linalg.vecdot(part, part).cpu().numpy()
+            for part in (self.centroids[start : start + _CHUNK_FRAMES].to(torch.float64)
+                         for start in range(0, n_videos, _CHUNK_FRAMES))])
         self.gamma = (2 * dim + 8) * unit_roundoff
 
     @property
