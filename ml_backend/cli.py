@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tiny-model", "tiny_model"),
     ("serve", "serve"),
     ("score-project", "score_project"),
+    ("prioritize", "prioritize"),
     ("train", "train"),
 ]
 

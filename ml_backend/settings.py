@@ -46,6 +46,29 @@ class VideoSettings(BaseSettings):
         return self
 
 
+class PrioritySettings(BaseSettings):
+    """Ordering the labeling queue by MDS-VQA selection (docs/prioritize.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_PRIORITY_", extra="forbid")
+
+    enabled: bool = Field(
+        True, description="The backend orders each project's queue by itself: after scoring and as labels arrive.",
+    )
+    budget: int | None = Field(
+        None, ge=0, description="Greedy picks K at the head of the queue; default: budget_fraction of the pool.",
+    )
+    budget_fraction: float = Field(
+        0.05, gt=0, le=1, description="Default K as a share of the unlabeled scored tasks (rounded up, at least 1).",
+    )
+    diversity_lambda: float = Field(
+        0.25, ge=0, description="lambda: weight of diversity against difficulty in the greedy picks (paper: 0.25).",
+    )
+    debounce_s: float = Field(
+        10.0, ge=0, description="Quiet period after scoring or label events before the queue is re-ordered "
+        "(at most 5x this while events keep coming).",
+    )
+
+
 class TrainingSettings(BaseSettings):
     """Active fine-tuning knobs (SPEC section 6 defaults; CPU-sized limits where noted)."""
 
@@ -153,6 +176,7 @@ class Settings(BaseSettings):
 
     video: VideoSettings = Field(default_factory=VideoSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    priority: PrioritySettings = Field(default_factory=PrioritySettings)
 
     @property
     def cache_path(self) -> Path:

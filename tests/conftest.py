@@ -47,3 +47,13 @@ def settings_factory(tiny_model, tmp_path):
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2, started once per session for every end-to-end module."""
+    from tests.labelstudio_support import start_label_studio, stop_process
+
+    ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield ls
+    stop_process(ls.process)

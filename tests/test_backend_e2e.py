@@ -18,24 +18,18 @@ import pytest
 import requests
 
 from tests.backend_fakes import FakeServer
-from tests.labelstudio_support import (REPO, LabelStudio, read_backend_events, start_backend,
-                                       start_label_studio, stop_process, wait_for)
+from tests.labelstudio_support import REPO, LabelStudio, read_backend_events, start_backend, stop_process, wait_for
 from tests.media import SHARED_VIDEO_NAMES
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 LABEL_CONFIG = (REPO / "label_config.xml").read_text()
 AUTH = ("label-studio", "e2e-basic-auth-password")
+# These tests check the /predict scores themselves; queue ordering (which rewrites them) has test_prioritize_e2e.
+NO_ORDERING = {"MDSVQA_PRIORITY_ENABLED": "false"}
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield ls
-    stop_process(ls.process)
-
 
 @pytest.fixture(scope="module")
 def media_server():
@@ -56,13 +50,13 @@ class BackendSlot:
         self.cache_dir = home / "cache"
         self.log = home / "backend.log"
         self.current = start_backend(base=self.base, adapter=self.adapter, cache_dir=self.cache_dir, log=self.log,
-                                     auth=AUTH)
+                                     auth=AUTH, extra_env=NO_ORDERING)
 
     def restart(self):
         port = self.current.port
         stop_process(self.current.process)
         self.current = start_backend(base=self.base, adapter=self.adapter, cache_dir=self.cache_dir,
-                                     log=self.log, port=port, auth=AUTH)
+                                     log=self.log, port=port, auth=AUTH, extra_env=NO_ORDERING)
         return self.current
 
     def stop(self) -> None:
@@ -269,7 +263,8 @@ def test_background_pass_and_late_predictions(label_studio, tiny_model, tmp_path
     base, adapter = tiny_model
     fresh = [encode_video(tmp_path / f"fresh{i}.mp4", moving_pattern(50, 240, 320, seed=i)) for i in range(4)]
     backend = start_backend(base=base, adapter=adapter, cache_dir=tmp_path / "cache", log=tmp_path / "backend.log",
-                            extra_env={"MDSVQA_SCORE_PROJECT_ON_SETUP": "true", "MDSVQA_PREDICT_DEADLINE_S": "0.1"})
+                            extra_env={"MDSVQA_SCORE_PROJECT_ON_SETUP": "true", "MDSVQA_PREDICT_DEADLINE_S": "0.1",
+                                       **NO_ORDERING})
     try:
         version = backend.health()["model_version"]
         project_id = label_studio.create_project("mdsvqa background", LABEL_CONFIG)

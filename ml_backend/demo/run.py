@@ -123,7 +123,9 @@ def run_demo(options: DemoOptions) -> int:
             base=base, adapter=adapter, cache_dir=workdir / "cache", model_dir=workdir / "models",
             log=workdir / "backend.log",
             extra_env={"LABEL_STUDIO_URL": studio_service.url, "LABEL_STUDIO_API_KEY": studio_service.token,
-                       "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true"})
+                       "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true",
+                       # the backend re-orders by itself too: same K as the command, so both give one order
+                       "MDSVQA_PRIORITY_BUDGET": str(options.budget)})
         services.append(backend)
         studio = Studio(studio_service.url, studio_service.token)
 
@@ -141,7 +143,7 @@ def run_demo(options: DemoOptions) -> int:
         tasks = _wait(scored, timeout=1200, what="difficulty predictions for every task", services=services,
                       interval=2.0)
         say(f"all {len(tasks)} tasks have a predicted difficulty; ordering the queue ...")
-        _prioritize(studio_service, project, options.budget)
+        _prioritize(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter)
         view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
         queue = studio.tasks(project, view=view["id"])
         _print_queue(studio_service, project, queue, options.show)
@@ -165,10 +167,13 @@ def run_demo(options: DemoOptions) -> int:
             say("stopped Label Studio and the backend")
 
 
-def _prioritize(service: LabelStudioService, project: int, budget: int) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def _prioritize(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str,
+                adapter: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1"}
+    # the backend's cache and model: the command reads the vision features the backend kept while scoring
     command = [sys.executable, "-m", "ml_backend.cli", "prioritize", "--url", service.url, "--project", str(project),
-               "--budget", str(budget)]
+               "--budget", str(budget), "--cache-dir", str(cache_dir), "--base", base, "--adapter", adapter]
     env["LABEL_STUDIO_API_KEY"] = service.token  # the token goes through the environment, never argv
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:

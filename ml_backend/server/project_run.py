@@ -66,20 +66,22 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
                   progress: bool = True) -> ProjectRunSummary:
     from tqdm import tqdm
 
+    from ..prioritize.features import FeatureRecorder
     from ..scoring import DifficultyScorer
 
     connection = Connection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
     api = api_for(connection)
     config = parse_label_config(api.project_label_config(project_id))
 
-    scorer = DifficultyScorer.from_settings(settings)
+    features = FeatureRecorder(settings.cache_dir / "features")  # kept for `mdsvqa prioritize`
+    scorer = features.attach(DifficultyScorer.from_settings(settings))
     version = scorer.model_version
     summary = ProjectRunSummary(project_id, version)
     store = BackendStore(settings.backend_state_path)
     resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                              timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
-    queue = ScoringQueue(scorer=lambda: scorer, resolver=resolver, store=store, metrics=BackendMetrics(),
-                         on_late_result=lambda *_: None, batch_size=settings.batch_size,
+    queue = ScoringQueue(scorer=lambda: scorer, resolver=features.track(resolver), store=store,
+                         metrics=BackendMetrics(), on_late_result=lambda *_: None, batch_size=settings.batch_size,
                          download_workers=settings.download_workers)
     queue.start()
     try:

@@ -19,6 +19,8 @@ from ..errors import MdsVqaError
 from ..labelstudio.client import Connection
 from ..labelstudio.config import ConfigCache
 from ..labelstudio.media import MediaResolver, media_key
+from ..prioritize.backend import BackendPriority
+from ..prioritize.features import FeatureRecorder
 from ..settings import Settings
 from .auth import AccessPolicy
 from .backfill import ProjectBackfill
@@ -118,9 +120,12 @@ class BackendService:
         self.access = AccessPolicy.from_settings(settings)
         self.store = BackendStore(settings.backend_state_path)
         self.configs = ConfigCache()
-        self.scorer = ScorerHandle(scorer_factory or (lambda: _load_real_scorer(settings)))
-        self.resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
-                                      timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
+        # Vision features of every scored video are kept for the queue ordering (ml_backend/prioritize).
+        self.features = FeatureRecorder(settings.cache_dir / "features")
+        self.scorer = ScorerHandle(self.features.attaching(scorer_factory or (lambda: _load_real_scorer(settings))))
+        self.media = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
+                                   timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
+        self.resolver = self.features.track(self.media)
         self.pusher = PredictionPusher(self.metrics)
         self.queue = ScoringQueue(
             scorer=lambda: self.scorer.get(None), resolver=self.resolver, store=self.store, metrics=self.metrics,
@@ -132,6 +137,10 @@ class BackendService:
                                 recheck_s=settings.model_version_recheck_s)
         self.backfill = ProjectBackfill(self.queue, self.store, self.pusher)
         self.training = training or RecordOnlyTraining(self.store)
+        self.priority = BackendPriority(
+            settings.priority, recorder=self.features, scorer=lambda: self.scorer.get(None), resolver=self.media,
+            registry=self.metrics.registry, busy=lambda: self.queue.pending > 0 or not self.pusher.wait_idle(0),
+        )
         self._setup_connections: dict[int, Connection] = {}
         self._lock = threading.Lock()
         self._started = False
@@ -146,6 +155,7 @@ class BackendService:
         self.pusher.start()
         self.sync.start()
         self.backfill.start()
+        self.priority.start()
         threading.Thread(target=self._publish_model_info, name="mdsvqa-model-info", daemon=True).start()
 
     def stop(self) -> None:
@@ -153,6 +163,7 @@ class BackendService:
         self.pusher.stop()
         self.sync.stop()
         self.backfill.stop()
+        self.priority.stop()
         self.resolver.close()
 
     def _publish_model_info(self) -> None:
@@ -218,6 +229,7 @@ class BackendService:
                 self.sync.request(project_id, connection, version)
                 if self.settings.score_project_on_setup:
                     self.backfill.request(project_id, connection, config, version)
+                self.priority.on_setup(project_id, connection, version)
         return {"model_version": version}
 
     def predict(self, body: Any) -> dict[str, Any]:
@@ -298,6 +310,7 @@ class BackendService:
                 self.metrics.predictions.labels(how).inc(count)
         if counts["deferred"] or counts["failed"]:
             log.info("/predict: %d tasks: %s (%.2f s)", len(tasks), counts, time.monotonic() - started)
+        self.priority.on_predict(project_id, connection, counts["cached"] + counts["scored"] + counts["deferred"])
         response: dict[str, Any] = {"results": results, "model_version": version}
         if errors:
             response["errors"] = errors
@@ -306,6 +319,9 @@ class BackendService:
     def webhook(self, body: Any) -> WebhookReply:
         reply = handle_event(body, store=self.store, training=self.training)
         action = body.get("action") if isinstance(body, dict) and isinstance(body.get("action"), str) else "none"
+        if reply.handling == "recorded":  # label events: re-order the queue later, never in this request
+            project_id = reply.body.get("project")
+            self.priority.on_event(project_id, self.connection_for(project_id), recorded=True)
         self.metrics.webhooks.labels(action[:40], reply.handling).inc()
         return reply
 

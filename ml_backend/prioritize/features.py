@@ -1,0 +1,272 @@
+"""The vision features the backend keeps per task media, for selection without re-decoding.
+
+Features are stored per **media key** (the same key the backend store uses for scores:
+the task's video reference, made absolute for Label Studio paths) under
+``MDSVQA_CACHE_DIR/features/<identity>/``, one ``<sha256 of the key>_features.npz`` each
+(the reference layout ``mdsvqa select`` reads; loading and validation reuse
+``selection.features.load_features``). ``identity`` names what the features depend on:
+the base model (its vision tower: adapters never touch it, so retrained versions share
+features), dtype, device type, attention kernel and frame sampling.
+
+Three ways features get there:
+
+- while the backend scores: ``FeatureRecorder`` is the scorer's ``feature_sink``; a
+  ``TrackingResolver`` around the media resolver tells it which media key each
+  downloaded file belongs to;
+- ``mdsvqa score-project`` does the same;
+- tasks scored earlier (their score came from a cache, so the model never saw them) get
+  theirs from ``VisionFeatureExtractor`` when an ordering pass needs them
+  (``VisionFeatureComputer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import MdsVqaError
+from selection.features import features_path
+from selection.features import save_features as write_features
+from ..labelstudio.client import Connection
+from ..labelstudio.media import LocalMedia, MediaResolver, describe, media_key
+
+log = logging.getLogger(__name__)
+
+POOLING_VERSION = "vision-tower-temporal-mean-l2-v1"
+
+
+def feature_identity(spec: Any, video_settings: Any) -> str:
+    """Short stable name of everything the vision features depend on (not the adapter)."""
+    ident = {
+        "model": spec.identity(None),
+        "video": video_settings.model_dump(exclude={"max_side"}),
+        "pooling": POOLING_VERSION,
+    }
+    digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in ident.items())).encode()).hexdigest()[:16]
+    return f"vision-{digest}"
+
+
+def key_stem(key: str) -> str:
+    """File stem of a media key (hex: no clashes, nothing unsafe in a file name)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+@dataclass
+class LoadedTaskFeatures:
+    frames: dict[str, np.ndarray]  # media key -> (n, dim) float32
+    problems: dict[str, str]  # media key -> why none can be used
+
+
+class FeatureStore:
+    """Features of one identity, by media key."""
+
+    def __init__(self, root: str | Path, identity: str) -> None:
+        self.identity = identity
+        self.directory = Path(root) / identity
+
+    def path(self, key: str) -> Path:
+        return features_path(self.directory, key_stem(key))
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: str, frames: np.ndarray) -> None:
+        write_features(self.directory, key_stem(key), frames)
+
+    def load(self, keys: Iterable[str]) -> LoadedTaskFeatures:
+        """Every key's frames, or the reason it has none (missing, unreadable, other dimension...)."""
+        from selection.features import load_features
+
+        unique = list(dict.fromkeys(keys))
+        by_stem = {key_stem(key): key for key in unique}
+        loaded = load_features(self.directory, list(by_stem))
+        frames = {by_stem[stem]: array for stem, array in zip(loaded.names, loaded.frames)}
+        problems = {by_stem[problem.name]: problem.reason for problem in loaded.problems}
+        return LoadedTaskFeatures(frames, problems)
+
+
+# -- recording while scoring ---------------------------------------------------------------------
+
+class FeatureRecorder:
+    """The scorer's ``feature_sink``: stores each scored file's embeddings under its media key(s)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._keys: dict[Path, Counter[str]] = {}
+        self.store: FeatureStore | None = None
+        self.recorded = 0
+
+    def attach(self, scorer: Any) -> Any:
+        """Make ``scorer`` (a DifficultyScorer) report its features here; others are left alone."""
+        spec, settings = getattr(scorer, "spec", None), getattr(scorer, "settings", None)
+        if spec is None or settings is None or not hasattr(scorer, "feature_sink"):
+            log.info("scorer %s has no vision features to record", type(scorer).__name__)
+            return scorer
+        self.store = FeatureStore(self.root, feature_identity(spec, settings.video))
+        scorer.feature_sink = self.sink
+        return scorer
+
+    def attaching(self, factory: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: self.attach(factory())
+
+    def register(self, path: Path, key: str) -> None:
+        with self._lock:
+            self._keys.setdefault(Path(path), Counter())[key] += 1
+
+    def unregister(self, path: Path, key: str) -> None:
+        with self._lock:
+            keys = self._keys.get(Path(path))
+            if keys is None:
+                return
+            keys[key] -= 1
+            if keys[key] <= 0:
+                del keys[key]
+            if not keys:
+                del self._keys[Path(path)]
+
+    def sink(self, path: Path, embedding: np.ndarray) -> None:
+        """Never raises: a failure to store features must not fail the scoring batch."""
+        store = self.store
+        with self._lock:
+            keys = list(self._keys.get(Path(path), ()))
+        if store is None or not keys:
+            return
+        for key in keys:
+            try:
+                store.put(key, embedding)
+                self.recorded += 1
+            except Exception:  # noqa: BLE001 - disk full, bad array: log, score on
+                log.exception("storing the features of %s failed", describe(key))
+
+    def track(self, resolver: MediaResolver) -> "TrackingResolver":
+        return TrackingResolver(resolver, self)
+
+
+class _TrackedMedia(LocalMedia):
+    def __init__(self, inner: LocalMedia, release: Callable[[], None]) -> None:
+        super().__init__(inner.path, inner.temporary, inner.size)
+        self._inner = inner
+        self._on_release = release
+
+    def release(self) -> None:
+        try:
+            self._on_release()
+        finally:
+            self._inner.release()
+
+
+class TrackingResolver:
+    """A MediaResolver that tells the recorder which media key each fetched file belongs to."""
+
+    def __init__(self, inner: MediaResolver, recorder: FeatureRecorder) -> None:
+        self._inner = inner
+        self._recorder = recorder
+
+    def fetch(self, ref: object, *, task_id: int | None, connection: Connection | None) -> LocalMedia:
+        media = self._inner.fetch(ref, task_id=task_id, connection=connection)
+        if not isinstance(ref, str):
+            return media
+        key = media_key(ref.strip(), connection)
+        self._recorder.register(media.path, key)
+        return _TrackedMedia(media, lambda: self._recorder.unregister(media.path, key))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+# -- features for an ordering pass ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    key: str  # media key
+    ref: str  # the reference as in the task data
+    task_id: int
+
+
+class FeatureComputer(Protocol):
+    def compute(self, requests: Sequence[FeatureRequest], store: FeatureStore) -> dict[str, str]:
+        """Store features for as many requests as possible; return media key -> why not, for the rest."""
+
+
+class FeatureSource:
+    """Features for a pass: the store first, the computer (if any) for what the store lacks."""
+
+    def __init__(self, store: FeatureStore, computer: FeatureComputer | None = None) -> None:
+        self.store = store
+        self.computer = computer
+        self.computed = 0
+
+    def features(self, requests: Sequence[FeatureRequest]) -> LoadedTaskFeatures:
+        unique = list({request.key: request for request in requests}.values())
+        missing = [request for request in unique if not self.store.has(request.key)]
+        failed: dict[str, str] = {}
+        if missing and self.computer is not None:
+            log.info("computing vision features for %d videos scored earlier", len(missing))
+            failed = self.computer.compute(missing, self.store)
+            self.computed += len(missing) - len(failed)
+        loaded = self.store.load(request.key for request in unique)
+        loaded.problems.update({key: f"features could not be computed: {reason}" for key, reason in failed.items()})
+        return loaded
+
+
+class VisionFeatureComputer:
+    """Fetch, decode and embed videos with the model's vision tower (batches of ``batch_size``)."""
+
+    def __init__(self, loaded: Callable[[], Any], settings: Any, resolver: MediaResolver,
+                 connection: Connection | None) -> None:
+        self._loaded = loaded  # called only when something is missing: loading the model is not free
+        self._settings = settings
+        self._resolver = resolver
+        self._connection = connection
+
+    def compute(self, requests: Sequence[FeatureRequest], store: FeatureStore) -> dict[str, str]:
+        from ..features.vision import VisionFeatureExtractor
+        from ..scoring.scorer import prepare_video
+
+        loaded = self._loaded()
+        extractor = VisionFeatureExtractor(loaded)
+        failed: dict[str, str] = {}
+        batch: list[tuple[FeatureRequest, Any]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            try:
+                embeddings = extractor.extract([prepared for _, prepared in batch])
+            except Exception as exc:  # noqa: BLE001 - one batch's failure is its videos' failure
+                log.exception("vision features failed for a batch of %d", len(batch))
+                failed.update({request.key: f"vision tower failed: {type(exc).__name__}: {exc}"
+                               for request, _ in batch})
+            else:
+                for (request, _), embedding in zip(batch, embeddings):
+                    store.put(request.key, embedding)
+            batch.clear()
+
+        for request in requests:
+            try:
+                media = self._resolver.fetch(request.ref, task_id=request.task_id, connection=self._connection)
+            except MdsVqaError as exc:
+                failed[request.key] = str(exc)
+                continue
+            try:
+                batch.append((request, prepare_video(media.path, self._settings, loaded)))
+            except MdsVqaError as exc:
+                failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
+            except Exception as exc:  # noqa: BLE001 - an unexpected decoder fault is this video's failure
+                log.exception("decoding %s failed", describe(request.ref))
+                failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
+            finally:
+                media.release()
+            if len(batch) >= max(1, int(self._settings.batch_size)):
+                flush()
+        flush()
+        return failed

@@ -1,0 +1,491 @@
+"""The labeling-queue order without Label Studio: score mapping, feature store, ordering pass, debouncing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_backend.labelstudio.client import Connection, LabelStudioApiError
+from ml_backend.labelstudio.media import LocalMedia, media_key
+from ml_backend.prioritize.backend import PriorityScheduler
+from ml_backend.prioritize.features import FeatureRecorder, FeatureRequest, FeatureSource, FeatureStore
+from ml_backend.prioritize.labelstudio import ProjectInfo, ProjectTask, TaskPrediction
+from ml_backend.prioritize.order import (PICK_FLOOR, default_budget, pick_priority, queue_order, rest_priority,
+                                         rest_sort_key)
+from ml_backend.prioritize.run import (VIEW_ORDERING, VIEW_TITLE, PriorityError, PriorityInterruptedError,
+                                       prioritize_project)
+from tests.conditions import wait_for
+
+LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
+VERSION = "V2"
+LS = Connection("http://ls.invalid:8080", "token")
+
+
+# -- the order and its scores -----------------------------------------------------------------------
+
+def test_queue_scores_strictly_decrease_picks_first_then_difficulty():
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        ids = rng.choice(np.arange(1, 10_000), size=n, replace=False).tolist()
+        # two decimals, as the Number control holds them, with many ties
+        difficulty = {int(t): float(rng.integers(100, 501)) / 100 for t in ids}
+        picks = [int(t) for t in rng.permutation(ids)[: int(rng.integers(0, n + 1))]]
+        order = queue_order(picks, difficulty)
+        scores = [entry.priority for entry in order]
+        assert sorted(e.task_id for e in order) == sorted(difficulty), "every task exactly once"
+        assert [e.task_id for e in order[: len(picks)]] == picks, "picks first, in pick order"
+        assert all(0 < s <= 1 for s in scores)
+        assert all(a > b for a, b in zip(scores, scores[1:])), f"trial {trial}: not strictly decreasing"
+        rest = [e.task_id for e in order[len(picks):]]
+        assert rest == sorted(rest, key=lambda t: (-difficulty[t], t)), "rest by difficulty, ties: older first"
+        if picks:
+            assert scores[0] == 1.0 and min(scores[: len(picks)]) > PICK_FLOOR >= max(scores[len(picks):] or [0])
+
+
+def test_scores_survive_a_json_round_trip_distinct():
+    import json
+
+    ids = list(range(1, 2001))
+    order = queue_order([], {t: 3.0 for t in ids})  # all tied: only the id tells them apart
+    scores = json.loads(json.dumps([e.priority for e in order]))
+    assert len(set(scores)) == len(ids) and scores == sorted(scores, reverse=True)
+
+
+def test_rest_scores_do_not_depend_on_the_other_tasks():
+    """A label that moves only the picks must not rewrite every other task's score."""
+    difficulty = {1: 4.2, 2: 3.1, 3: 3.1, 4: 1.0, 5: 5.0}
+    before = {e.task_id: e.priority for e in queue_order([5, 1], difficulty)}
+    del difficulty[5]  # task 5 got labeled; the greedy now picks 1 then 3
+    after = {e.task_id: e.priority for e in queue_order([1, 3], difficulty)}
+    assert after[2] == before[2] and after[4] == before[4]
+    assert after[1] == 1.0 and after[3] > PICK_FLOOR > before[3]
+
+
+def test_priority_helpers_refuse_bad_input():
+    with pytest.raises(ValueError):
+        queue_order([1, 1], {1: 2.0})
+    with pytest.raises(ValueError):
+        queue_order([9], {1: 2.0})
+    with pytest.raises(ValueError):
+        rest_priority(float("nan"), 1)
+    for bad_id in (0, 2**40, True, 3.0):
+        with pytest.raises(ValueError):
+            rest_priority(2.0, bad_id)
+    with pytest.raises(ValueError):
+        pick_priority(3, 3)
+    assert rest_sort_key(7.5, 1) == rest_sort_key(5.0, 1), "clamped to the 1-5 scale"
+    assert rest_priority(1.0, 2**40 - 1) > 0 and rest_priority(5.0, 1) < PICK_FLOOR
+
+
+@pytest.mark.parametrize(("pool", "fraction", "expected"), [(0, 0.05, 0), (1, 0.05, 1), (20, 0.05, 1),
+                                                           (21, 0.05, 2), (1600, 0.04, 64), (100, 1.0, 100)])
+def test_default_budget(pool, fraction, expected):
+    assert default_budget(pool, fraction) == expected
+
+
+# -- features kept per media key ------------------------------------------------------------------
+
+class _Resolver:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.closed = False
+
+    def fetch(self, ref, *, task_id, connection):
+        path = self.folder / f"media-{task_id}.mp4"
+        path.write_bytes(b"video")
+        return LocalMedia(path, temporary=True, size=5)
+
+    def close(self):
+        self.closed = True
+
+
+class _Scorer:
+    """What FeatureRecorder.attach looks at on a DifficultyScorer."""
+
+    class spec:  # noqa: N801
+        @staticmethod
+        def identity(adapter):
+            assert adapter is None, "features must not depend on the adapter"
+            return {"base": "tiny", "dtype": "float32", "device": "cpu", "attention": "sdpa"}
+
+    def __init__(self) -> None:
+        from ml_backend.settings import Settings
+
+        self.settings = Settings()
+        self.feature_sink = None
+
+
+def test_recorder_stores_scored_features_under_the_media_key(tmp_path):
+    recorder = FeatureRecorder(tmp_path / "features")
+    scorer = recorder.attach(_Scorer())
+    assert scorer.feature_sink == recorder.sink
+    resolver = recorder.track(_Resolver(tmp_path))
+    media = resolver.fetch(" /data/upload/1/a.mp4 ", task_id=3, connection=LS)
+    frames = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    scorer.feature_sink(media.path, frames)
+    key = media_key("/data/upload/1/a.mp4", LS)
+    loaded = recorder.store.load([key])
+    assert np.array_equal(loaded.frames[key], frames) and not loaded.problems
+    media.release()
+    assert not media.path.exists(), "the download is still removed"
+    recorder.sink(media.path, frames * 2)  # a stray call after release: no key, nothing stored
+    assert np.array_equal(recorder.store.load([key]).frames[key], frames)
+    resolver.close()
+    assert resolver.closed
+
+
+def test_recorder_never_fails_the_scoring_batch(tmp_path):
+    recorder = FeatureRecorder(tmp_path / "features")
+    recorder.attach(_Scorer())
+    media = recorder.track(_Resolver(tmp_path)).fetch("http://x/v.mp4", task_id=1, connection=None)
+    recorder.sink(media.path, np.zeros((0, 3)))  # invalid features: logged, not raised
+    assert recorder.recorded == 0
+
+
+def test_feature_source_reports_what_it_cannot_load(tmp_path):
+    store = FeatureStore(tmp_path, "vision-test")
+    store.put("http://x/a.mp4", np.ones((3, 4)))
+    store.put("http://x/b.mp4", np.ones((2, 5)))  # a different dimension than the majority
+    store.put("http://x/c.mp4", np.ones((2, 4)))
+    store.path("http://x/d.mp4").write_bytes(b"not an npz")
+    requests = [FeatureRequest(f"http://x/{n}.mp4", f"http://x/{n}.mp4", i) for i, n in enumerate("abcde")]
+
+    class Computer:
+        def compute(self, missing, store_):
+            assert [r.key for r in missing] == ["http://x/e.mp4"]
+            return {"http://x/e.mp4": "404"}
+
+    loaded = FeatureSource(store, Computer()).features(requests)
+    assert set(loaded.frames) == {"http://x/a.mp4", "http://x/c.mp4"}
+    assert "dimension" in loaded.problems["http://x/b.mp4"]
+    assert "unreadable" in loaded.problems["http://x/d.mp4"]
+    assert loaded.problems["http://x/e.mp4"] == "features could not be computed: 404"
+
+
+# -- one ordering pass against an in-memory Label Studio ------------------------------------------
+
+class FakeLabelStudio:
+    """The PriorityApi surface, in memory: records every write."""
+
+    def __init__(self, tasks: list[ProjectTask], *, model_version: str = VERSION,
+                 sampling: str = "Sequential sampling") -> None:
+        self.info = ProjectInfo(1, model_version, sampling, LABEL_CONFIG)
+        self._tasks = {t.id: t for t in tasks}
+        self.view_list: list[dict] = []
+        self.writes: list[tuple[int, float]] = []
+        self.fail_after: int | None = None
+        self.version_set: list[str] = []
+
+    connection = LS
+
+    def project(self, project_id):
+        return self.info
+
+    def tasks(self, project_id):
+        return iter(list(self._tasks.values()))
+
+    def set_project_model_version(self, project_id, version):
+        self.version_set.append(version)
+        self.info = ProjectInfo(1, version, self.info.sampling, self.info.label_config)
+
+    def set_prediction_score(self, prediction_id, score):
+        if self.fail_after is not None and len(self.writes) >= self.fail_after:
+            raise LabelStudioApiError("update: Label Studio answered 502", status=502, transient=True)
+        self.writes.append((prediction_id, score))
+        for task_id, task in list(self._tasks.items()):
+            predictions = [TaskPrediction(p.id, p.model_version, score, p.result) if p.id == prediction_id else p
+                           for p in task.predictions]
+            self._tasks[task_id] = ProjectTask(task.id, task.data, task.labeled, predictions)
+
+    def label(self, task_id):
+        task = self._tasks[task_id]
+        self._tasks[task_id] = ProjectTask(task.id, task.data, True, task.predictions)
+
+    def score(self, task_id):
+        return [p.score for p in self._tasks[task_id].predictions]
+
+    def views(self, project_id):
+        return [dict(v) for v in self.view_list]
+
+    def create_view(self, project_id, data):
+        view = {"id": len(self.view_list) + 10, "project": project_id, "data": dict(data)}
+        self.view_list.append(view)
+        return view
+
+    def update_view(self, view_id, project_id, data):
+        (view,) = [v for v in self.view_list if v["id"] == view_id]
+        view["data"] = dict(data)
+        return view
+
+
+def _prediction(pid: int, difficulty, version: str = VERSION, score: float | None = 0.3) -> TaskPrediction:
+    return TaskPrediction(pid, version, score, [{"from_name": "difficulty", "to_name": "video", "type": "number",
+                                                 "value": {"number": difficulty}}])
+
+
+def _task(task_id: int, difficulty=None, *, labeled=False, version: str = VERSION) -> ProjectTask:
+    predictions = [] if difficulty is None else [_prediction(100 + task_id, difficulty, version)]
+    return ProjectTask(task_id, {"video": f"/data/upload/1/v{task_id}.mp4"}, labeled, predictions)
+
+
+def _features(tmp_path, task_ids, *, dim=8, seed=0) -> tuple[FeatureSource, dict[int, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    store = FeatureStore(tmp_path / "features", "vision-test")
+    frames = {}
+    for task_id in task_ids:
+        frames[task_id] = rng.normal(size=(int(rng.integers(2, 6)), dim)).astype(np.float32)
+        store.put(media_key(f"/data/upload/1/v{task_id}.mp4", LS), frames[task_id])
+    return FeatureSource(store), frames
+
+
+def _expected_picks(difficulty: dict[int, float], frames, budget, lam, seeds):
+    from selection import reference_select
+
+    candidates = sorted(difficulty)
+    values = [difficulty[t] for t in candidates] + [np.nan] * len(seeds)
+    result = reference_select(values, [frames[t] for t in candidates] + [frames[t] for t in seeds], budget, lam,
+                              list(range(len(candidates), len(candidates) + len(seeds))))
+    return [candidates[i] for i in result.picks]
+
+
+def test_pass_orders_picks_then_difficulty_and_labeled_tasks_seed(tmp_path):
+    difficulty = {1: 2.5, 2: 4.1, 3: 3.3, 4: 4.1, 5: 1.7, 6: 3.9}
+    tasks = [_task(t, d) for t, d in difficulty.items()] + [_task(7, 4.8, labeled=True), _task(8, labeled=True)]
+    ls = FakeLabelStudio(tasks)
+    source, frames = _features(tmp_path, list(difficulty) + [7, 8])
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=3, lam=2.0)
+
+    expected = _expected_picks(difficulty, frames, 3, 2.0, seeds=[7, 8])
+    assert summary.picks == expected
+    assert expected != _expected_picks(difficulty, frames, 3, 2.0, seeds=[]), "the seeds change the picks here"
+    rest = sorted(set(difficulty) - set(expected), key=lambda t: (-difficulty[t], t))
+    assert summary.queue == expected + rest
+    scores = [ls.score(t)[0] for t in summary.queue]
+    assert all(a > b for a, b in zip(scores, scores[1:])) and scores[0] == 1.0 and scores[-1] > 0
+    assert ls.score(7) == [0.0], "a labeled task leaves the queue (score 0)"
+    assert ls.view_list == [{"id": 10, "project": 1, "data": {"title": VIEW_TITLE, "ordering": VIEW_ORDERING}}]
+    assert (summary.view_id, summary.view_action) == (10, "created")
+    for task_id in difficulty:  # the Number control keeps the difficulty
+        assert ls._tasks[task_id].predictions[0].result[0]["value"]["number"] == difficulty[task_id]
+
+    again = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=3, lam=2.0)
+    assert again.queue == summary.queue and again.updated == 0 and again.view_action == "unchanged"
+
+    ls.label(expected[0])
+    writes = len(ls.writes)
+    third = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=3, lam=2.0)
+    assert third.picks == _expected_picks({t: d for t, d in difficulty.items() if t != expected[0]}, frames, 3, 2.0,
+                                          seeds=sorted([7, 8, expected[0]]))
+    assert ls.score(expected[0]) == [0.0]
+    assert len(ls.writes) - writes <= 3 + 2, "only the picks (and the newly labeled task) are rewritten"
+
+
+def test_tasks_without_difficulty_or_features_are_reported(tmp_path):
+    tasks = [_task(1, 3.0), _task(2, 4.0), _task(3), _task(4, 9.5), _task(5, 2.0, version="OLD"),
+             ProjectTask(6, {"video": 17}, False, [_prediction(106, 4.5)]), _task(7, 5.0)]
+    ls = FakeLabelStudio(tasks)
+    source, _ = _features(tmp_path, [1, 2])  # 7 has a difficulty but no stored features
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=5)
+    assert set(summary.without_difficulty) == {3, 4, 5}
+    assert "outside [1, 5]" in summary.without_difficulty[4]
+    assert summary.without_difficulty[5] == f"no prediction of model version {VERSION}"
+    assert set(summary.without_features) == {6, 7} and "media URL" in summary.without_features[6]
+    assert summary.budget_clipped and sorted(summary.picks) == [1, 2], "budget over the pickable: all picked"
+    assert summary.queue[2:] == [7, 6], "the unpickable follow the picks, by difficulty"
+    assert ls.score(3) == [] and ls.score(4) == [0.3], "no score invented for tasks without a usable difficulty"
+    assert len(summary.problems()) == 5
+
+
+def test_empty_pool_and_zero_budget(tmp_path):
+    ls = FakeLabelStudio([_task(1, labeled=True)])
+    source, _ = _features(tmp_path, [1])
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=source)
+    assert summary.order == [] and summary.picks == [] and summary.budget == 0
+    assert summary.view_action == "created", "the view exists even before there is anything to order"
+
+    ls = FakeLabelStudio([_task(1, 2.0), _task(2, 3.0)])
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
+    assert summary.picks == [] and summary.queue == [2, 1] and not summary.without_features
+
+
+def test_project_without_model_version_is_refused(tmp_path):
+    ls = FakeLabelStudio([_task(1, 2.0)], model_version="")
+    with pytest.raises(PriorityError, match="no model_version"):
+        prioritize_project(ls, 1, features=None)
+    with pytest.raises(PriorityError, match="budget"):
+        prioritize_project(ls, 1, model_version=VERSION, features=None, budget=-1)
+
+
+def test_the_project_follows_our_model_version(tmp_path):
+    """The model_version trap: scores on predictions of another version than the project's are ignored."""
+    ls = FakeLabelStudio([_task(1, 2.0), _task(2, 3.0, version="OLD")], model_version="OLD")
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
+    assert ls.version_set == [VERSION] and summary.project_version_set
+    assert summary.queue == [1] and summary.without_difficulty == {2: f"no prediction of model version {VERSION}"}
+    default = prioritize_project(FakeLabelStudio([_task(1, 2.0)]), 1, features=None)
+    assert default.model_version == VERSION and not default.project_version_set
+
+
+def test_interrupted_writes_say_so_and_a_rerun_finishes(tmp_path):
+    ls = FakeLabelStudio([_task(t, 1 + t / 2) for t in range(1, 7)])
+    ls.fail_after = 2
+    with pytest.raises(PriorityInterruptedError, match="after 2 of 6") as caught:
+        prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
+    assert caught.value.transient and ls.view_list == []
+    ls.fail_after = None
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
+    assert summary.updated == 4 and summary.unchanged == 2 and summary.view_action == "created"
+
+
+def test_an_edited_view_gets_its_ordering_back_and_keeps_the_rest():
+    ls = FakeLabelStudio([_task(1, 2.0)])
+    ls.view_list = [{"id": 4, "data": {"title": "other", "ordering": ["tasks:id"]}},
+                    {"id": 5, "data": {"title": VIEW_TITLE, "ordering": ["tasks:id"],
+                                       "hiddenColumns": {"explore": ["tasks:inner_id"]}}}]
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=None)
+    assert (summary.view_id, summary.view_action) == (5, "updated")
+    assert ls.view_list[1]["data"] == {"title": VIEW_TITLE, "ordering": VIEW_ORDERING,
+                                       "hiddenColumns": {"explore": ["tasks:inner_id"]}}
+    assert ls.view_list[0]["data"]["ordering"] == ["tasks:id"]
+
+
+# -- debounced background passes ------------------------------------------------------------------
+
+class _Runs:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.errors: list[Exception] = []
+
+    def __call__(self, project_id, connection):
+        assert self.gate.wait(10)
+        self.calls.append(project_id)
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def test_asks_within_the_quiet_period_make_one_pass():
+    runs = _Runs()
+    scheduler = PriorityScheduler(runs, debounce_s=1.0)
+    scheduler.start()
+    try:
+        for _ in range(5):
+            scheduler.request(1, LS, "labels")
+        scheduler.request(2, LS, "labels")
+        assert runs.calls == [], "nothing runs inside the asking request"
+        wait_for(lambda: scheduler.passes == 2 and scheduler.idle, timeout=10, what="two passes")
+        assert sorted(runs.calls) == [1, 2]
+    finally:
+        scheduler.stop()
+
+
+def test_an_ask_during_a_pass_gets_another_pass_and_transient_errors_retry():
+    runs = _Runs()
+    scheduler = PriorityScheduler(runs, debounce_s=0.05, retry_delays_s=(0.05,))
+    scheduler.start()
+    try:
+        runs.gate.clear()
+        scheduler.request(1, LS, "labels")
+        wait_for(lambda: not scheduler.idle and not scheduler.pending(), timeout=10, what="pass started")
+        scheduler.request(1, LS, "labels")  # arrives while the first pass runs
+        runs.gate.set()
+        wait_for(lambda: scheduler.passes == 2 and scheduler.idle, timeout=10, what="a second pass")
+        assert runs.calls == [1, 1]
+
+        runs.errors = [LabelStudioApiError("502", transient=True)]
+        scheduler.request(1, LS, "labels")
+        wait_for(lambda: scheduler.passes == 4 and scheduler.idle, timeout=10, what="failed pass and its retry")
+        assert runs.calls == [1, 1, 1, 1]
+
+        runs.errors = [LabelStudioApiError("400", transient=False), LabelStudioApiError("502", transient=True)]
+        scheduler.request(1, LS, "labels")
+        wait_for(lambda: scheduler.passes == 5 and scheduler.idle, timeout=10, what="failed pass")
+        assert runs.calls == [1] * 5 and len(runs.errors) == 1, "a permanent error is not retried"
+    finally:
+        scheduler.stop()
+
+
+def test_a_steady_stream_of_asks_still_gets_a_pass():
+    runs = _Runs()
+    scheduler = PriorityScheduler(runs, debounce_s=0.2)  # due at most 5 x 0.2 s after the first ask
+    scheduler.start()
+    try:
+        def keep_asking():
+            scheduler.request(1, LS, "labels")
+            return runs.calls
+
+        wait_for(keep_asking, timeout=5, interval=0.05, what="a pass despite asks every 50 ms")
+    finally:
+        scheduler.stop()
+
+
+# -- wiring: the backend asks for passes, never runs them inside a request --------------------------
+
+def test_backend_asks_for_passes_on_setup_predictions_and_labels(tmp_path):
+    from ml_backend.server.app import create_app
+    from ml_backend.server.service import BackendService
+    from ml_backend.settings import PrioritySettings, Settings
+    from tests.backend_fakes import FakeScorer
+
+    settings = Settings(cache_dir=tmp_path / "cache", priority=PrioritySettings(debounce_s=600))
+    service = BackendService(settings, scorer_factory=FakeScorer)
+    client = create_app(service=service).test_client()
+    try:
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
+        assert client.post("/webhook", json=event).json["status"] == "ignored", "not set up here: not ours"
+        assert service.priority.scheduler.pending() == {}
+        client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
+                                    "access_token": "token"})
+        assert set(service.priority.scheduler.pending()) == {1}
+        assert client.post("/webhook", json=event).json["status"] == "recorded"
+        assert service.priority.scheduler.passes == 0 and service.priority.scheduler.pending()[1] > 500
+    finally:
+        service.stop()
+        service.store.close()
+
+    off = BackendService(Settings(cache_dir=tmp_path / "off", priority=PrioritySettings(enabled=False)),
+                         scorer_factory=FakeScorer)
+    client = create_app(service=off).test_client()
+    try:
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
+        client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
+                                    "access_token": "token"})
+        assert off.priority.scheduler.pending() == {}
+    finally:
+        off.stop()
+        off.store.close()
+
+
+# -- the command's bad inputs ---------------------------------------------------------------------------
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path):
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MDSVQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MDSVQA_OFFLINE", "true")
+
+
+def test_command_says_plainly_when_label_studio_is_unreachable(cli_env, capsys):
+    import socket
+
+    from ml_backend.cli import main
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["prioritize", "--url", f"http://127.0.0.1:{port}", "--token", "t", "--project", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot reach Label Studio at http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+    assert main(["prioritize", "--project", "3"]) == 2
+    assert "give --url and --token" in capsys.readouterr().err
+    assert main(["prioritize", "--url", "http://x", "--token", "t", "--project", "3", "--budget", "-1"]) == 2
+    assert "--budget must be >= 0" in capsys.readouterr().err
