@@ -21,6 +21,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("serve", "serve"),
     ("score-project", "score_project"),
     ("train", "train"),
+    ("versions", "versions"),
+    ("activate", "activate"),
+    ("jobs", "jobs"),
 ]
 
 
