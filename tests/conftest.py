@@ -47,3 +47,13 @@ def settings_factory(tiny_model, tmp_path):
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio 1.23.2 for the whole session (end-to-end modules share it)."""
+    from tests.labelstudio_support import start_label_studio, stop_process
+
+    ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield ls
+    stop_process(ls.process)

@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from tests.backend_fakes import FakeServer
-from tests.labelstudio_support import (REPO, LabelStudio, read_backend_events, start_backend,
-                                       start_label_studio, stop_process, wait_for)
+from tests.labelstudio_support import (REPO, LabelStudio, read_backend_events, start_backend, stop_process,
+                                       wait_for)
 from tests.media import SHARED_VIDEO_NAMES
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -28,14 +28,7 @@ LABEL_CONFIG = (REPO / "label_config.xml").read_text()
 AUTH = ("label-studio", "e2e-basic-auth-password")
 
 
-# -- fixtures -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield ls
-    stop_process(ls.process)
-
+# -- fixtures (label_studio: one server per session, tests/conftest.py) ------------------------------
 
 @pytest.fixture(scope="module")
 def media_server():

@@ -219,8 +219,8 @@ class BackendService:
                 with self._lock:  # done on its next /setup, which brings URL, token and config
                     self._refresh_wanted.add(project_id)
                 continue
-            self.sync.request(project_id, connection, new)
-            self.backfill.request(project_id, connection, config, new)
+            self.sync.request(project_id, connection, new, force=True)  # a rollback returns to a synced version
+            self.backfill.request(project_id, connection, config, new, force=True)
         log.info("model version %s -> %s: Label Studio projects follow, predictions are refreshed", old, new)
 
     def config_for(self, project_id: int) -> ProjectConfig | None:
@@ -287,12 +287,12 @@ class BackendService:
                 log.warning("project %s: no Label Studio URL/token known: cannot keep model_version in sync or "
                             "push late predictions (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", project_id)
             else:
-                self.sync.request(project_id, connection, version)
                 with self._lock:
-                    refresh = project_id in self._refresh_wanted
+                    refresh = project_id in self._refresh_wanted  # a version switch this project missed
                     self._refresh_wanted.discard(project_id)
+                self.sync.request(project_id, connection, version, force=refresh)
                 if self.settings.score_project_on_setup or refresh:
-                    self.backfill.request(project_id, connection, config, version)
+                    self.backfill.request(project_id, connection, config, version, force=refresh)
         return {"model_version": version}
 
     def predict(self, body: Any) -> dict[str, Any]:

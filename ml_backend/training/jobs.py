@@ -222,6 +222,10 @@ class JobManager:
         if fd is None:
             current = self.latest_id()
             state = self._read(current).state if current else "running"
+            if state in TERMINAL_STATES:  # finished a moment ago; its process is still on its way out
+                raise JobAlreadyRunningError(
+                    f"the previous training job ({current}, {state}) is still exiting; try again in a moment",
+                    current)
             raise JobAlreadyRunningError(
                 f"a training job is already {state} for {self.model_dir} ({current}); wait for it to finish "
                 "or cancel it before starting another", current)
