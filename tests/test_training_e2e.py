@@ -232,7 +232,7 @@ def test_start_training_trains_f_then_g_and_the_project_follows(label_studio, ba
 
 
 def test_a_crash_while_saving_leaves_no_half_written_version(label_studio, backend, project, model_dir, tiny_model,
-                                                              home):
+                                                              home, shared_videos):
     """Through the backend path (webhook -> job -> real labels and training), dying in the middle of the save."""
     from ml_backend.server.app import create_app
     from ml_backend.server.service import BackendService
@@ -242,10 +242,13 @@ def test_a_crash_while_saving_leaves_no_half_written_version(label_studio, backe
     from ml_backend.training.versions import VersionStore
 
     base, adapter = tiny_model
+    source = home / "source.jsonl"  # a source-domain set (0-100 MOS scale) merged into training
+    source.write_text("".join(json.dumps({"video": str(shared_videos / name), "mos": mos}) + "\n"
+                              for name, mos in zip(SHARED_VIDEO_NAMES, (20, 85, 40, 60))))
     settings = Settings(base=str(base), adapter=str(adapter), offline=True, device="cpu",
                         cache_dir=home / "cache-in-process", model_dir=model_dir, public_url="http://unlisted.invalid",
                         video={"max_frames": 8, "max_pixels": 16 * 28 * 28, "min_pixels": 4 * 28 * 28},
-                        training=TRAINING | {"objectives": ["quality"]})
+                        training=TRAINING | {"objectives": ["quality"], "source_labels": str(source)})
     service = BackendService(settings)
     service.training = BackendTraining(settings, service.store, connection_for=service.connection_for,
                                        config_for=service.config_for, on_finished=service.nudge,
@@ -283,6 +286,8 @@ def test_a_crash_while_saving_leaves_no_half_written_version(label_studio, backe
         assert done["state"] == "succeeded", done
         assert store.leftovers() == []
         assert store.pointer("quality").version == done["result"]["version_id"]
+        published = store.get(done["result"]["version_id"]).metadata
+        assert published["settings"]["labels"] == {"train": 3, "held_out": 3, "source": 4, "skipped": 0}
         assert store.pointer("difficulty") == pointers["difficulty"]
         assert backend.health()["model_version"] == serving
     finally:
