@@ -104,6 +104,16 @@ def test_activation_and_rollback_are_served_without_restart(serve, settings, tin
     assert newer != trained
     store.activate(first)  # rollback: still loaded, reused
     wait_until(lambda: serving(client) == trained, timeout=60, message="rollback")
+
+    loaded = service.follower._stock.loaded
+    third = publish(settings, tiny_model)
+    store.activate(third)
+    wait_until(lambda: third in serving(client), timeout=60, message="third version")
+    assert second not in loaded.spec.adapters and {first, third} <= set(loaded.spec.adapters), \
+        "only the serving and the previous trained adapter stay in memory"
+    assert service.follower.scorer_for(newer) is None and service.follower.scorer_for(trained) is not None
+    store.activate(second)  # unloaded earlier: loaded again, same identity
+    wait_until(lambda: serving(client) == newer, timeout=60, message="rollback to an unloaded version")
     store.activate(None, kind="difficulty")  # back to the configured adapter
     wait_until(lambda: serving(client) == stock, timeout=60, message="back to stock")
     assert predict_version(client) == stock

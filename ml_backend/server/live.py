@@ -40,6 +40,7 @@ class VersionFollower:
         self._watcher = None
         self._stock = None  # the scorer of the configured adapter (MDSVQA_ADAPTER): the "no version" case
         self._trained: OrderedDict[str, Any] = OrderedDict()  # version id -> scorer, oldest first
+        self._registry = threading.Lock()  # guards _trained (read by queue threads); never held while loading
         self._switch_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -131,9 +132,10 @@ class VersionFollower:
         """The scorer of a version: reused if still loaded, else its adapter is loaded onto the shared base."""
         if version_id is None:
             return self._stock
-        if version_id in self._trained:
-            self._trained.move_to_end(version_id)
-            return self._trained[version_id]
+        with self._registry:
+            if version_id in self._trained:
+                self._trained.move_to_end(version_id)
+                return self._trained[version_id]
         from ..scoring import DifficultyScorer
 
         version = self.store.get(version_id)
@@ -142,17 +144,21 @@ class VersionFollower:
         loaded = self._stock.loaded
         loaded.load_adapter(version.id, str(version.adapter_path), self.settings, label=version.id)
         scorer = DifficultyScorer(loaded.spec, self.settings, self._stock.cache, loaded=loaded, adapter=version.id)
-        self._trained[version.id] = scorer
+        with self._registry:
+            self._trained[version.id] = scorer
         return scorer
 
     def _evict(self) -> None:
         """Free trained adapters beyond the newest KEEP_TRAINED (never the one serving)."""
-        while len(self._trained) > KEEP_TRAINED:
-            version_id = next(iter(self._trained))
-            if version_id == self.active_id:
-                self._trained.move_to_end(version_id)
-                continue
-            scorer = self._trained.pop(version_id)
+        while True:
+            with self._registry:
+                if len(self._trained) <= KEEP_TRAINED:
+                    return
+                version_id = next(iter(self._trained))
+                if version_id == self.active_id:
+                    self._trained.move_to_end(version_id)
+                    continue
+                scorer = self._trained.pop(version_id)
             scorer.close(cache=False)
             self._stock.loaded.unload_adapter(version_id)
             log.info("unloaded %s version %s", KIND, version_id)
@@ -165,7 +171,8 @@ class VersionFollower:
 
     def scorer_for(self, model_version: str):
         """A still-loaded scorer of ``model_version`` (for work queued before a switch), else None."""
-        candidates = [self._stock, *list(self._trained.values())]
+        with self._registry:
+            candidates = [self._stock, *self._trained.values()]
         for scorer in candidates:
             if scorer is not None and scorer.model_version == model_version:
                 return scorer
@@ -173,7 +180,8 @@ class VersionFollower:
 
     def model_version_of(self, version_id: str) -> str | None:
         """The model_version a stored difficulty version has (or would have) when served here."""
-        scorer = self._trained.get(version_id)
+        with self._registry:
+            scorer = self._trained.get(version_id)
         if scorer is not None:
             return scorer.model_version
         if self._stock is None:
