@@ -102,6 +102,12 @@ class BackendTraining:
             return self._refuse(project_id, 422, "the project's label config has no MOS control to learn from: add a "
                                 'Number control for the annotators\' rating, e.g. <Number name="mos" '
                                 'toName="<your video>" min="1" max="5" mdsvqa-role="mos"/>')
+        with self._lock:
+            running = self.jobs.running()  # no waiting: a refusal must not eat Label Studio's second
+        if running is not None:
+            return self._refuse(project_id, 409, f"a training job is already running ({running.job_id}, "
+                                f"{running.state}, {running.progress:.0%}: {running.message}); wait for it to "
+                                "finish; see GET /train/status", job_id=running.job_id)
         top, training = job_settings(self.settings)
         env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
         env["LABEL_STUDIO_URL"] = connection.url
