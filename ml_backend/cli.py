@@ -25,6 +25,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("score-project", "score_project"),
     ("prioritize", "prioritize"),
     ("train", "train"),
+    ("versions", "versions"),
+    ("activate", "activate"),
+    ("jobs", "jobs"),
 ]
 
 

@@ -9,10 +9,10 @@ for configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE = "hollow404/VQR1-7B-YouTubeUGC"
 DEFAULT_ADAPTER = "hollow404/MDS-VQA-Failure-Predictor"
@@ -94,6 +94,46 @@ class TrainingSettings(BaseSettings):
     min_held_out_labels: int = Field(5, ge=3, description="Refuse to train with fewer held-out labels (SRCC needs some).")
     eval_samples: int = Field(1, ge=1, description="Sampled answers averaged per held-out video when evaluating.")
 
+    # Training started from Label Studio ("Start Training", auto-train); see docs/training.md
+    objectives: Annotated[list[Literal["quality", "difficulty"]], NoDecode] = Field(
+        default_factory=lambda: ["quality", "difficulty"],
+        description="What a backend training run trains, in order (comma-separated): 'quality' (f) then "
+        "'difficulty' (g, whose target |f - MOS| uses the then active f).",
+    )
+    promote: Literal["if-not-worse", "if-better", "always", "never"] = Field(
+        "if-not-worse", description="When a backend training run activates a new version: held-out SRCC not "
+        "worse than the version it started from, strictly better, always, or never.",
+    )
+    source_labels: Path | None = Field(
+        None, description="Optional source-domain JSONL ({\"video\", \"mos\"}) trained alongside the Label Studio "
+        "labels, each step from one set.",
+    )
+    auto_after_labels: int = Field(
+        0, ge=0, description="Start a training run by itself after this many new annotation events of a "
+        "project (0 = off).",
+    )
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split_objectives(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _check_objectives(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one objective (quality, difficulty)")
+        if len(set(value)) != len(value):
+            raise ValueError("each objective at most once")
+        return value
+
 
 class Settings(BaseSettings):
     """Everything a run of ``mdsvqa`` can be told from the environment."""
@@ -169,6 +209,10 @@ class Settings(BaseSettings):
     )
     basic_auth_user: str | None = Field(None, description="HTTP basic auth user required on the backend's routes.")
     basic_auth_password: SecretStr | None = Field(None, description="HTTP basic auth password. Never logged.")
+    version_poll_s: float = Field(
+        2.0, gt=0, description="How often the backend checks MODEL_DIR for a newly activated difficulty version "
+        "(also checked on every /health, /setup and /predict).",
+    )
     webhook_secret: SecretStr | None = Field(
         None, description="Secret Label Studio's webhook must send in X-Mdsvqa-Webhook-Secret (default: derived "
         "from the basic auth password). Never logged.",

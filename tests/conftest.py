@@ -51,7 +51,7 @@ def settings_factory(tiny_model, tmp_path):
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
-    """A real Label Studio 1.23.2, started once per session for every end-to-end module."""
+    """One real Label Studio 1.23.2 for the whole session (end-to-end modules share it)."""
     from tests.labelstudio_support import start_label_studio, stop_process
 
     ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))

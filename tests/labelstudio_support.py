@@ -222,6 +222,8 @@ def start_backend(*, base: Path, adapter: Path, cache_dir: Path, log: Path, port
         "HF_HUB_OFFLINE": "1",
         "MDSVQA_THREADS": "4",
         "MDSVQA_MEDIA_TIMEOUT_S": "3",
+        # versions, jobs: never the default ./mdsvqa-models inside the repository
+        "MDSVQA_MODEL_DIR": str(cache_dir.parent / "models"),
     })
     if auth:
         env["MDSVQA_BASIC_AUTH_USER"], env["MDSVQA_BASIC_AUTH_PASSWORD"] = auth

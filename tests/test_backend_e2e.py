@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from tests.backend_fakes import FakeServer
-from tests.labelstudio_support import REPO, LabelStudio, read_backend_events, start_backend, stop_process, wait_for
+from tests.labelstudio_support import (REPO, LabelStudio, read_backend_events, start_backend, stop_process,
+                                       wait_for)
 from tests.media import SHARED_VIDEO_NAMES
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -29,7 +30,7 @@ AUTH = ("label-studio", "e2e-basic-auth-password")
 NO_ORDERING = {"MDSVQA_PRIORITY_ENABLED": "false"}
 
 
-# -- fixtures -------------------------------------------------------------------------------------
+# -- fixtures (label_studio: one server per session, tests/conftest.py) ------------------------------
 
 @pytest.fixture(scope="module")
 def media_server():

@@ -32,8 +32,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="Split and rollout seed.")
     parser.add_argument("--mos-range", type=float, nargs=2, metavar=("LO", "HI"),
                         help="Nominal MOS scale of the labels (default: their min and max).")
-    parser.add_argument("--activate", choices=["never", "always", "if-better"], default="if-better",
-                        help="Make the new version active: never, always, or if held-out SRCC improved (default).")
+    parser.add_argument("--activate", choices=["never", "always", "if-better", "if-not-worse"],
+                        default="if-better",
+                        help="Make the new version active: never, always, if held-out SRCC improved (default), "
+                        "or if it did not get worse.")
     parser.add_argument("--background", action="store_true",
                         help="Start a training job process and print its id instead of training here.")
     parser.add_argument("--device")

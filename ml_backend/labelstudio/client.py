@@ -7,6 +7,7 @@ calls them from background threads with retries (ml_backend/server/sync.py, queu
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -137,6 +138,28 @@ class LabelStudioApi:
             versions = {p.model_version for p in (task.predictions or [])}
             if model_version not in versions:
                 yield int(task.id), dict(task.data or {})
+
+    def annotated_tasks(self, project_id: int) -> Iterator[tuple[int, dict, list[dict]]]:
+        """(task id, raw task data, annotations) of every task with at least one completed annotation.
+
+        Label Studio filters on its ``total_annotations`` column, which leaves out skipped
+        ("cancelled") annotations; the annotation list itself still holds them (flag
+        ``was_cancelled``), so callers must skip those too.
+        """
+        query = json.dumps({"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}})
+        pager = self._call(f"list annotated tasks of project {project_id}", self._sdk.tasks.list,
+                           project=project_id, fields="all", query=query, page_size=100, resolve_uri=False)
+        iterator = iter(pager)
+        while True:
+            try:
+                task = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise _wrap(f"list annotated tasks of project {project_id}", exc) from exc
+            annotations = [a for a in (getattr(task, "annotations", None) or []) if isinstance(a, dict)]
+            yield int(task.id), dict(task.data or {}), annotations
 
     # Webhooks ----------------------------------------------------------------------------------
     def webhooks(self, project_id: int) -> list[Any]:

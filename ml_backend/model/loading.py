@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ModelNotFoundError
@@ -131,16 +131,32 @@ class LoadedModel:
     def version(self, adapter: str | None = DIFFICULTY_ADAPTER) -> str:
         return self.spec.version(adapter)
 
-    def load_adapter(self, name: str, location: str, settings: Settings) -> ModelSource:
-        """Add another named adapter (e.g. a trained version) to the shared base."""
+    def load_adapter(self, name: str, location: str, settings: Settings, *, label: str | None = None) -> ModelSource:
+        """Add another named adapter (e.g. a trained version) to the shared base.
+
+        ``label``: the adapter's name in model versions (default: the folder name), e.g. a
+        version id, since every trained version's folder is called ``adapter``.
+        """
         source = resolve_source(location, kind="adapter", offline=settings.offline,
                                 required_file="adapter_config.json")
+        if label is not None:
+            source = replace(source, spec=label)
         with self.lock:
             if name in self.spec.adapters:
                 self.model.delete_adapter(name)
             self.model.load_adapter(str(source.path), adapter_name=name, is_trainable=False)
+            self.model.eval()
             self.spec.adapters[name] = source
         return source
+
+    def unload_adapter(self, name: str) -> None:
+        """Free a named adapter loaded with :meth:`load_adapter` (never the difficulty adapter loaded at start)."""
+        if name == DIFFICULTY_ADAPTER:
+            raise ValueError("the startup difficulty adapter stays loaded")
+        with self.lock:
+            if name in self.spec.adapters:
+                self.model.delete_adapter(name)
+                del self.spec.adapters[name]
 
 
 def patch_layout(processor) -> PatchLayout:

@@ -72,6 +72,7 @@ class DifficultyScorer:
         self._generator: AnswerGenerator | None = None
         self._load_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="mdsvqa-decode")
+        self._model_version = spec.version(adapter)  # fixed for the scorer's life, even if the spec grows
         self._identity = {
             "model": spec.identity(adapter),
             "decoding": decoding_identity(settings, task),
@@ -104,7 +105,7 @@ class DifficultyScorer:
 
     @property
     def model_version(self) -> str:
-        return self.spec.version(self.adapter)
+        return self._model_version
 
     @property
     def is_tiny(self) -> bool:
@@ -202,9 +203,10 @@ class DifficultyScorer:
                 self.cache.put(item.key, CachedScore(answer.score, answer.text, self.model_version))
             yield self._result(item.path, score=answer.score, text=answer.text)
 
-    def close(self) -> None:
+    def close(self, *, cache: bool = True) -> None:
+        """Stop the decode threads; ``cache=False`` leaves a score cache shared with other scorers open."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self.cache is not None:
+        if cache and self.cache is not None:
             self.cache.close()
 
 

@@ -1,7 +1,7 @@
 """The Flask app speaking Label Studio's ML backend protocol (app factory).
 
 Routes: GET /health, POST /setup, POST /predict, POST /webhook, POST /train,
-GET /versions, GET /metrics. The app only parses HTTP, checks access and maps errors
+GET /versions, GET /train/status, GET /train/jobs, GET /metrics. The app only parses HTTP, checks access and maps errors
 to status codes; behaviour lives in BackendService. Request paths are never logged
 (they could carry tokens in query strings); metrics label requests by route rule.
 """
@@ -22,7 +22,8 @@ from .service import BackendService, BadRequestError, ModelNotReadyError
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a 10k-task /predict is a few MB
-PROTECTED = frozenset({"setup", "predict", "train", "versions", "metrics"})  # endpoints needing basic auth
+PROTECTED = frozenset({"setup", "predict", "train", "versions", "train_status", "train_jobs",
+                       "metrics"})  # endpoints needing basic auth
 
 
 def create_app(settings: Settings | None = None, *, service: BackendService | None = None,
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
 
     @app.errorhandler(404)
     def _not_found(_exc) -> Response:
-        return error(404, "no such route; see /health, /setup, /predict, /webhook, /metrics")
+        return error(404, "no such route; see /health, /setup, /predict, /webhook, /versions, /train/status, "
+                     "/metrics")
 
     @app.errorhandler(405)
     def _bad_method(_exc) -> Response:
@@ -138,6 +140,26 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
     @app.get("/versions")
     def versions() -> Response:
         return jsonify(service.versions())
+
+    @app.get("/train/status")
+    def train_status() -> Response:
+        """The latest training job (or ?job=ID): state, progress, message, result; ?log=N adds its last N lines."""
+        try:
+            lines = max(0, min(int(request.args.get("log", "0")), 5000))
+        except ValueError as exc:
+            raise BadRequestError("'log' must be a number of lines") from exc
+        job_id = request.args.get("job") or None
+        from ..training.jobs import JobError
+
+        try:
+            return jsonify(service.train_status(job_id, lines))
+        except JobError as exc:
+            return error(404, str(exc))
+
+    @app.get("/train/jobs")
+    def train_jobs() -> Response:
+        history = getattr(service.training, "history", None)
+        return jsonify({"jobs": history() if history is not None else []})
 
     @app.get("/metrics")
     def metrics() -> Response:

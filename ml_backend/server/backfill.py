@@ -86,10 +86,11 @@ class ProjectBackfill:
     def stop(self) -> None:
         self._requests.put(None)
 
-    def request(self, project_id: int, connection: Connection, config: ProjectConfig, model_version: str) -> bool:
-        """Once per project and model version per process."""
+    def request(self, project_id: int, connection: Connection, config: ProjectConfig, model_version: str,
+                *, force: bool = False) -> bool:
+        """Once per project and model version per process (``force``: again, e.g. after a rollback to it)."""
         with self._lock:
-            if (project_id, model_version) in self._seen:
+            if (project_id, model_version) in self._seen and not force:
                 return False
             self._seen.add((project_id, model_version))
         self._requests.put(_BackfillRequest(project_id, connection, config, model_version))

@@ -6,9 +6,14 @@ jobs only until its deadline; jobs it could not wait for keep running here, and 
 predictions are pushed to Label Studio when ready (never a placeholder, which would
 block the real prediction: SPEC 7).
 
-Jobs are keyed by media reference, so a video asked for by two requests (or two tasks)
-is fetched and scored once. Smaller requests go first: a user opening one task is not
-stuck behind a 1000-task retrieval or a project backfill.
+Jobs are keyed by model version and media reference, so a video asked for by two
+requests (or two tasks) is fetched and scored once. Smaller requests go first: a user
+opening one task is not stuck behind a 1000-task retrieval or a project backfill.
+
+Each job is scored by the scorer of the model version it was submitted for: when the
+backend switches to a newly trained version, work already queued for the old one
+finishes on the old one (still loaded) and is stored under the old version, never
+under the new one.
 """
 
 from __future__ import annotations
@@ -74,11 +79,12 @@ class JobOutcome:
 
 
 class ScoreJob:
-    """One video to score, shared by every request and task that needs it."""
+    """One video to score under one model version, shared by every request and task that needs it."""
 
-    def __init__(self, request: MediaRequest, priority: int) -> None:
+    def __init__(self, request: MediaRequest, priority: int, model_version: str = "") -> None:
         self.request = request
         self.priority = priority
+        self.model_version = model_version
         self.taken = False  # a fetcher has it
         self.outcome: JobOutcome | None = None
         self._done = threading.Event()
@@ -129,10 +135,14 @@ class ScoreJob:
 
 
 class ScoringQueue:
+    """``scorer``: the current scorer; ``scorer_for``: the scorer of an earlier model version, if still loaded."""
+
     def __init__(self, *, scorer: Callable[[], Scorer], resolver: MediaResolver, store: BackendStore,
                  metrics: BackendMetrics, on_late_result: Callable[[PushTarget, JobOutcome, str], None],
-                 batch_size: int, download_workers: int) -> None:
+                 batch_size: int, download_workers: int,
+                 scorer_for: Callable[[str], Scorer | None] | None = None) -> None:
         self._scorer = scorer
+        self._scorer_for = scorer_for
         self._resolver = resolver
         self._store = store
         self._metrics = metrics
@@ -141,7 +151,7 @@ class ScoringQueue:
         self._download_workers = download_workers
         self._lock = threading.Condition()
         self._heap: list[tuple[int, int, ScoreJob]] = []
-        self._jobs: dict[str, ScoreJob] = {}
+        self._jobs: dict[tuple[str, str], ScoreJob] = {}  # (model version, media key)
         self._seq = itertools.count()
         # Bounded: fetchers wait when the scorer lags, so temporary files stay few.
         self._ready: stdqueue.Queue[tuple[ScoreJob, LocalMedia] | None] = stdqueue.Queue(maxsize=2 * batch_size)
@@ -181,9 +191,9 @@ class ScoringQueue:
             stored = self._store.outcome(model_version, request.key)
             if stored is not None:
                 return stored
-            job = self._jobs.get(request.key)
+            job = self._jobs.get((model_version, request.key))
             if job is None:
-                job = self._jobs[request.key] = ScoreJob(request, priority)
+                job = self._jobs[(model_version, request.key)] = ScoreJob(request, priority, model_version)
                 heapq.heappush(self._heap, (priority, next(self._seq), job))
                 self._lock.notify()
             elif priority < job.priority and not job.taken:
@@ -242,12 +252,31 @@ class ScoringQueue:
                 for _job, media in batch:
                     media.release()
 
+    def _scorer_of(self, version: str) -> Scorer | None:
+        """The scorer of ``version``: the current one, or an earlier one still loaded; None if gone."""
+        scorer = self._scorer()
+        if scorer.model_version == version:
+            return scorer
+        return self._scorer_for(version) if self._scorer_for is not None else None
+
     def _score_batch(self, batch: list[tuple[ScoreJob, LocalMedia]]) -> None:
+        by_version: dict[str, list[tuple[ScoreJob, LocalMedia]]] = {}
+        for job, media in batch:
+            by_version.setdefault(job.model_version, []).append((job, media))
+        for version, items in by_version.items():
+            self._score_version(version, items)
+
+    def _score_version(self, version: str, batch: list[tuple[ScoreJob, LocalMedia]]) -> None:
         try:
-            scorer = self._scorer()
+            scorer = self._scorer_of(version)
         except Exception as exc:
             for job, _media in batch:
                 self._complete(job, JobOutcome(None, f"model unavailable: {exc}", final=False))
+            return
+        if scorer is None:
+            for job, _media in batch:
+                self._complete(job, JobOutcome(None, f"model version {version} is no longer served; ask again for "
+                                                     "the current one", final=False))
             return
         todo: dict[Path, list[ScoreJob]] = {}
         media_of = {job: media for job, media in batch}
@@ -285,15 +314,12 @@ class ScoringQueue:
         return JobOutcome(None, message.replace(str(media.path), describe(job.request.ref)), final=True)
 
     def _complete(self, job: ScoreJob, outcome: JobOutcome) -> None:
-        try:
-            version = self._scorer().model_version
-        except Exception:
-            version = None
+        version = job.model_version or None
         if outcome.final and version is not None:
             self._store.save_outcome(version, job.request.key, StoredOutcome(outcome.difficulty, outcome.error))
         with self._lock:
-            if self._jobs.get(job.request.key) is job:
-                del self._jobs[job.request.key]
+            if self._jobs.get((job.model_version, job.request.key)) is job:
+                del self._jobs[(job.model_version, job.request.key)]
             self._metrics.queue_length.set(len(self._jobs))
         for target in job.finish(outcome):
             try:

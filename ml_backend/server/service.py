@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..errors import MdsVqaError
 from ..labelstudio.client import Connection
-from ..labelstudio.config import ConfigCache
+from ..labelstudio.config import ConfigCache, ProjectConfig
 from ..labelstudio.media import MediaResolver, media_key
 from ..prioritize.backend import BackendPriority
 from ..prioritize.features import FeatureRecorder
@@ -30,7 +30,7 @@ from .pusher import PredictionPusher
 from .queue import PRIORITY_INTERACTIVE, JobOutcome, MediaRequest, PushTarget, Scorer, ScoreJob, ScoringQueue
 from .store import BackendStore, StoredOutcome
 from .sync import ProjectSync
-from .webhooks import RecordOnlyTraining, TrainingHook, WebhookReply, handle_event
+from .webhooks import TrainingHook, WebhookReply, handle_event
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class ScorerHandle:
         self._scorer: Scorer | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._swap_lock = threading.Lock()
 
     def start(self) -> None:
         if self._thread is None:
@@ -98,9 +99,20 @@ class ScorerHandle:
     def get(self, timeout: float | None = 0.0) -> Scorer:
         if not self._ready.wait(timeout):
             raise ModelNotReadyError("the model is still loading; try again in a moment")
-        if self._scorer is None:
+        scorer = self._scorer  # one read: a concurrent replace() gives the old or the new scorer, whole
+        if scorer is None:
             raise ModelNotReadyError(f"the model failed to load: {self.error}", failed=True)
-        return self._scorer
+        return scorer
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until loading finished (successfully or not)."""
+        return self._ready.wait(timeout)
+
+    def replace(self, scorer: Scorer) -> Scorer | None:
+        """Serve ``scorer`` from now on; requests that already took the old one finish with it."""
+        with self._swap_lock:
+            old, self._scorer = self._scorer, scorer
+        return old
 
 
 @dataclass
@@ -111,8 +123,12 @@ class _Pending:
 
 
 class BackendService:
+    """``scorer_factory``: a fixed scorer (tests); by default the active difficulty version of
+    MODEL_DIR is served and followed (``follower``, see ``live.py``). ``training``: the
+    START_TRAINING hook; by default training jobs of MODEL_DIR (``training.py``)."""
+
     def __init__(self, settings: Settings, *, scorer_factory: Callable[[], Scorer] | None = None,
-                 training: TrainingHook | None = None) -> None:
+                 training: TrainingHook | None = None, follower: Any = None) -> None:
         self.settings = settings
         self.instance_id = uuid.uuid4().hex
         self.started_at = time.time()
@@ -122,7 +138,13 @@ class BackendService:
         self.configs = ConfigCache()
         # Vision features of every scored video are kept for the queue ordering (ml_backend/prioritize).
         self.features = FeatureRecorder(settings.cache_dir / "features")
-        self.scorer = ScorerHandle(self.features.attaching(scorer_factory or (lambda: _load_real_scorer(settings))))
+        if follower is None and scorer_factory is None:
+            from .live import VersionFollower
+
+            follower = VersionFollower(settings, prepare=self.features.attach)
+        self.follower = follower
+        self.scorer = ScorerHandle(follower.initial_scorer if follower is not None
+                                   else self.features.attaching(scorer_factory))
         self.media = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                                    timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
         self.resolver = self.features.track(self.media)
@@ -130,18 +152,25 @@ class BackendService:
         self.queue = ScoringQueue(
             scorer=lambda: self.scorer.get(None), resolver=self.resolver, store=self.store, metrics=self.metrics,
             on_late_result=self.pusher.submit, batch_size=settings.batch_size,
-            download_workers=settings.download_workers,
+            download_workers=settings.download_workers, scorer_for=self._earlier_scorer,
         )
         self.sync = ProjectSync(instance_id=self.instance_id, public_url=settings.public_url,
                                 webhook_header=self.access.webhook_header,
                                 recheck_s=settings.model_version_recheck_s)
         self.backfill = ProjectBackfill(self.queue, self.store, self.pusher)
-        self.training = training or RecordOnlyTraining(self.store)
+        if training is None:
+            from .training import BackendTraining
+
+            training = BackendTraining(settings, self.store, connection_for=self.connection_for,
+                                       config_for=self.config_for, on_finished=self.nudge)
+        self.training = training
         self.priority = BackendPriority(
             settings.priority, recorder=self.features, scorer=lambda: self.scorer.get(None), resolver=self.media,
             registry=self.metrics.registry, busy=lambda: self.queue.pending > 0 or not self.pusher.wait_idle(0),
         )
         self._setup_connections: dict[int, Connection] = {}
+        self._setup_configs: dict[int, ProjectConfig] = {}
+        self._refresh_wanted: set[int] = set()  # projects whose predictions a new version must refresh
         self._lock = threading.Lock()
         self._started = False
 
@@ -156,9 +185,13 @@ class BackendService:
         self.sync.start()
         self.backfill.start()
         self.priority.start()
+        if self.follower is not None:
+            self.follower.start(self.scorer, self._on_new_version)
         threading.Thread(target=self._publish_model_info, name="mdsvqa-model-info", daemon=True).start()
 
     def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.queue.stop()
         self.pusher.stop()
         self.sync.stop()
@@ -173,6 +206,38 @@ class BackendService:
             return
         self.metrics.model_info.info({"version": scorer.model_version})
         self.metrics.model_ready.set(1)
+        if self.follower is not None and self.follower.active_id is not None:
+            # Serving a trained version from the start (it may have been activated while we were down):
+            # make sure known projects get its predictions once Label Studio calls /setup again.
+            with self._lock:
+                self._refresh_wanted.update(self.store.projects())
+
+    # Model versions --------------------------------------------------------------------------
+    def nudge(self) -> None:
+        """Look for a newly activated version now (cheap; the follower thread does the work)."""
+        if self.follower is not None:
+            self.follower.nudge()
+
+    def _earlier_scorer(self, model_version: str) -> Scorer | None:
+        return self.follower.scorer_for(model_version) if self.follower is not None else None
+
+    def _on_new_version(self, old: str, new: str) -> None:
+        """After a switch: keep Label Studio's model_version equal to ours and refresh predictions."""
+        self.metrics.model_info.info({"version": new})
+        for project_id in self.store.projects():
+            connection = self.connection_for(project_id)
+            config = self.config_for(project_id)
+            if connection is None or config is None:
+                with self._lock:  # done on its next /setup, which brings URL, token and config
+                    self._refresh_wanted.add(project_id)
+                continue
+            self.sync.request(project_id, connection, new, force=True)  # a rollback returns to a synced version
+            self.backfill.request(project_id, connection, config, new, force=True)
+        log.info("model version %s -> %s: Label Studio projects follow, predictions are refreshed", old, new)
+
+    def config_for(self, project_id: int) -> ProjectConfig | None:
+        with self._lock:
+            return self._setup_configs.get(project_id)
 
     # Connections -------------------------------------------------------------------------------
     def connection_for(self, project_id: int | None) -> Connection | None:
@@ -192,6 +257,7 @@ class BackendService:
 
     # Routes ---------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        self.nudge()
         body: dict[str, Any] = {
             "status": "UP",
             "model_class": "MDS-VQA difficulty",
@@ -203,6 +269,10 @@ class BackendService:
             body["model_version"] = self.scorer.get().model_version
         elif self.scorer.state == "failed":
             body["error"] = self.scorer.error
+        if self.follower is not None:
+            body["active_version"] = self.follower.active_id
+            if self.follower.error:
+                body["version_error"] = self.follower.error
         return body
 
     def setup(self, body: Any) -> dict[str, Any]:
@@ -210,6 +280,7 @@ class BackendService:
             raise BadRequestError("/setup body must be a JSON object")
         project_id = parse_project_id(body.get("project"))
         config = self.configs.get(body.get("schema") or "")  # LabelConfigError: the project cannot work
+        self.nudge()
         scorer = self.scorer.get(SETUP_WAIT_S)
         version = scorer.model_version
         if project_id is not None:
@@ -221,14 +292,19 @@ class BackendService:
                 except ValueError:
                     log.warning("/setup: ignoring hostname %r: not an http(s) URL", hostname[:80])
             self.store.record_project(project_id)
+            with self._lock:
+                self._setup_configs[project_id] = config
             connection = self.connection_for(project_id)
             if connection is None:
                 log.warning("project %s: no Label Studio URL/token known: cannot keep model_version in sync or "
                             "push late predictions (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", project_id)
             else:
-                self.sync.request(project_id, connection, version)
-                if self.settings.score_project_on_setup:
-                    self.backfill.request(project_id, connection, config, version)
+                with self._lock:
+                    refresh = project_id in self._refresh_wanted  # a version switch this project missed
+                    self._refresh_wanted.discard(project_id)
+                self.sync.request(project_id, connection, version, force=refresh)
+                if self.settings.score_project_on_setup or refresh:
+                    self.backfill.request(project_id, connection, config, version, force=refresh)
                 self.priority.on_setup(project_id, connection, version)
         return {"model_version": version}
 
@@ -242,6 +318,7 @@ class BackendService:
             raise BadRequestError("/predict body needs 'tasks': a list of tasks")
         project_id = parse_project_id(body.get("project"))
         config = self.configs.get(body.get("label_config") or "")
+        self.nudge()
         scorer = self.scorer.get(min(SETUP_WAIT_S, self.settings.predict_deadline_s))
         version = scorer.model_version
         connection = self.connection_for(project_id)
@@ -326,8 +403,34 @@ class BackendService:
         return reply
 
     def versions(self) -> dict[str, Any]:
+        """Label Studio's model-version list (``versions``: ours first, then every other difficulty
+        version of MODEL_DIR) plus the version store: ids, kinds, active flags, metrics."""
+        from ..training.reporting import store_summary
+        from ..training.versions import VersionStore
+
         scorer = self.scorer.get(SETUP_WAIT_S)
-        return {"versions": [scorer.model_version]}
+        summary = store_summary(VersionStore(self.settings.model_dir))
+        names = [scorer.model_version]
+        for entry in summary["versions"]:
+            if entry["kind"] == "difficulty" and self.follower is not None:
+                entry["model_version"] = self.follower.model_version_of(entry["id"])
+                if entry["model_version"] and entry["model_version"] not in names:
+                    names.append(entry["model_version"])
+        stock = self.follower.stock_version if self.follower is not None else None
+        if stock and stock not in names:
+            names.append(stock)
+        body: dict[str, Any] = {"versions": names, "model_version": scorer.model_version,
+                                "serving": self.follower.active_id if self.follower is not None else None,
+                                "active": summary["active"], "store": summary["versions"]}
+        if self.follower is not None and self.follower.error:
+            body["version_error"] = self.follower.error
+        return body
+
+    def train_status(self, job_id: str | None = None, log_lines: int = 0) -> dict[str, Any]:
+        status = getattr(self.training, "status", None)
+        if status is None:
+            return {"running": False, "job": None, "detail": "this backend does not train"}
+        return status(job_id, log_lines=log_lines)
 
 
 def _load_real_scorer(settings: Settings) -> Scorer:

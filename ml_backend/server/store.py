@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     received_at REAL NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS webhook_events_project ON webhook_events (project_id, action, id);
 """
 
 
@@ -130,6 +131,27 @@ class BackendStore:
                 (project_id, action, time.time(), json.dumps(payload, default=str)),
             )
             return int(cursor.lastrowid)
+
+    def last_event_id(self, project_id: int, action: str) -> int:
+        """Id of the project's latest event of ``action`` (0 when there is none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM webhook_events WHERE project_id=? AND action=?",
+                                   (project_id, action)).fetchone()
+        return int(row[0] or 0)
+
+    def count_events(self, project_id: int, actions: tuple[str, ...], *, after_id: int = 0) -> int:
+        """How many of the project's events with one of ``actions`` came after event ``after_id``."""
+        marks = ",".join("?" * len(actions))
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT COUNT(*) FROM webhook_events WHERE project_id=? AND id>? AND action IN ({marks})",
+                (project_id, after_id, *actions)).fetchone()
+        return int(row[0])
+
+    def projects(self) -> list[int]:
+        """Every project that ever called /setup here."""
+        with self._lock:
+            return sorted(self._projects)
 
     def events(self, action: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT id, project_id, action, received_at, payload FROM webhook_events"

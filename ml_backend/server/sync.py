@@ -66,14 +66,18 @@ class ProjectSync:
     def stop(self) -> None:
         self._queue.put(None)
 
-    def request(self, project_id: int, connection: Connection, model_version: str) -> bool:
-        """Schedule a sync unless one is pending or one succeeded recently. Never blocks."""
+    def request(self, project_id: int, connection: Connection, model_version: str, *, force: bool = False) -> bool:
+        """Schedule a sync unless one is pending or one succeeded recently. Never blocks.
+
+        ``force``: even if this version was synced recently (a rollback to it: the project has
+        moved on since).
+        """
         key = (project_id, model_version)
         with self._lock:
             if key in self._pending:
                 return False
             last = self._last_ok.get(key)
-            if last is not None and time.monotonic() - last < self._recheck_s:
+            if not force and last is not None and time.monotonic() - last < self._recheck_s:
                 return False
             self._pending.add(key)
         self._queue.put(SyncRequest(project_id, connection, model_version))

@@ -3,8 +3,9 @@
 Label Studio gives webhooks one second, so nothing slow happens here: events are
 recorded in the backend store and handed to hooks. START_TRAINING ("Start Training"
 button, ``POST /api/ml/{id}/train``; its body holds only the project) goes to the
-TrainingHook; the training module replaces the default, which records the request and
-says that training is not available in this version.
+TrainingHook: the backend's is ``ml_backend.server.training.BackendTraining``, which starts
+a job process or refuses (its reply's ``http_status``: 409 while a job runs). Recorded
+annotation events are also shown to the hook (auto-train counts them).
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ class WebhookReply:
 
 class TrainingHook(Protocol):
     def start_training(self, project_id: int, event: dict[str, Any]) -> dict[str, Any]:
-        """Start (or queue) training for the project; must return within milliseconds."""
+        """Start (or queue) training for the project; must return within milliseconds.
+
+        A reply with ``"http_status"`` (e.g. 409: a job is already running) is answered with
+        that status code; the key itself is not sent.
+        """
 
 
 class RecordOnlyTraining:
-    """Default hook until the training module lands: remember the request, say so clearly."""
+    """A hook that only remembers the request (for tests and backends without training)."""
 
     def __init__(self, store: BackendStore) -> None:
         self._store = store
@@ -87,12 +92,23 @@ def handle_event(event: Any, *, store: BackendStore, training: TrainingHook) -> 
         return WebhookReply(200, {"status": "ignored", "action": action,
                                   "reason": f"project {project_id} was never set up on this backend"}, "ignored")
     if action == START_TRAINING:
-        body = training.start_training(project_id, event)
+        body = dict(training.start_training(project_id, event))
+        code = int(body.pop("http_status", 200))
         log.info("project %s: START_TRAINING %s", project_id, body.get("status"))
-        return WebhookReply(200, {"action": action, "project": project_id, **body}, "acknowledged")
+        return WebhookReply(code, {"action": action, "project": project_id, **body},
+                            "acknowledged" if code < 400 else "refused")
     if action in ANNOTATION_ACTIONS:
         event_id = store.record_event(action, project_id, event)
-        return WebhookReply(200, {"status": "recorded", "action": action, "project": project_id,
-                                  "event_id": event_id}, "recorded")
+        reply = {"status": "recorded", "action": action, "project": project_id, "event_id": event_id}
+        counted = getattr(training, "annotation_recorded", None)
+        if counted is not None:
+            try:
+                started = counted(project_id, action)
+            except Exception:  # auto-train must never fail the webhook
+                log.exception("project %s: auto-train check failed", project_id)
+                started = None
+            if started is not None:
+                reply["training"] = {k: v for k, v in started.items() if k != "http_status"}
+        return WebhookReply(200, reply, "recorded")
     return WebhookReply(200, {"status": "ignored", "action": action, "reason": "nothing to do for this action"},
                         "ignored")

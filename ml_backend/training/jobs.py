@@ -76,6 +76,24 @@ class JobStatus:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def tail_lines(path: str | os.PathLike, lines: int, *, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last ``lines`` lines of a text file, reading at most ``max_bytes`` from its end."""
+    if lines <= 0:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and text:
+        text = text[1:]  # the first line is probably cut
+    return text[-lines:]
+
+
 class JobError(MdsVqaError):
     """A job that cannot be found, started or waited for."""
 
@@ -92,6 +110,7 @@ class JobManager:
         self.jobs_dir = self.model_dir / "jobs"
         self.lock_path = self.jobs_dir / "train.lock"
         self._children: list[subprocess.Popen] = []
+        self._by_job: dict[str, subprocess.Popen] = {}
 
     # --- paths and raw status ------------------------------------------------------------------
 
@@ -117,6 +136,11 @@ class JobManager:
 
     def _reap(self) -> None:
         self._children = [child for child in self._children if child.poll() is None]
+        self._by_job = {job: child for job, child in self._by_job.items() if child in self._children}
+
+    def process(self, job_id: str) -> subprocess.Popen | None:
+        """The job's process while it runs, if this instance started it (e.g. to wait for its end)."""
+        return self._by_job.get(job_id)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -198,6 +222,10 @@ class JobManager:
         if fd is None:
             current = self.latest_id()
             state = self._read(current).state if current else "running"
+            if state in TERMINAL_STATES:  # finished a moment ago; its process is still on its way out
+                raise JobAlreadyRunningError(
+                    f"the previous training job ({current}, {state}) is still exiting; try again in a moment",
+                    current)
             raise JobAlreadyRunningError(
                 f"a training job is already {state} for {self.model_dir} ({current}); wait for it to finish "
                 "or cancel it before starting another", current)
@@ -226,6 +254,7 @@ class JobManager:
                     self._write(replace(status, state="failed", finished=_now(), error=f"cannot start: {exc}"))
                     raise JobError(f"cannot start the job process: {exc}") from exc
             self._children.append(child)
+            self._by_job[job_id] = child
             return replace(status, pid=child.pid)
         finally:
             os.close(fd)  # the child holds its own reference now

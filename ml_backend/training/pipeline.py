@@ -26,7 +26,7 @@ from .versions import VersionStore, looks_like_version_id
 
 log = logging.getLogger(__name__)
 
-Activation = Literal["never", "always", "if-better"]
+Activation = Literal["never", "always", "if-better", "if-not-worse"]
 Progress = Callable[[float, str], None]
 QualityScorer = Callable[[list[Path]], np.ndarray]  # f's score per video, NaN where it has none
 
@@ -63,19 +63,36 @@ def _metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, Any] | N
     return result
 
 
-def _better(before: dict | None, after: dict | None) -> bool:
+def _better(before: dict | None, after: dict | None, *, ties: bool = False) -> bool:
+    """Held-out SRCC after training beats (``ties``: at least matches) the one before.
+
+    No SRCC after training (fewer than three parseable predictions) is never better; no
+    SRCC before, with one after, is.
+    """
     b = (before or {}).get("srcc")
     a = (after or {}).get("srcc")
     if a is None or not math.isfinite(a):
         return False
-    return b is None or not math.isfinite(b) or a > b
+    return b is None or not math.isfinite(b) or a > b or (ties and a >= b)
+
+
+def should_activate(activate: Activation, before: dict | None, after: dict | None) -> bool:
+    """The activation rule: never, always, if held-out SRCC improved, or if it did not get worse."""
+    if activate == "always":
+        return True
+    if activate == "if-better":
+        return _better(before, after)
+    if activate == "if-not-worse":
+        return _better(before, after, ties=True)
+    return False
 
 
 def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathLike, *,
                  settings: Settings | None = None, objective: str | None = None, adapter: str | None = "stock",
                  mos_range: tuple[float, float] | None = None, source_labels: str | os.PathLike | None = None,
                  activate: Activation = "if-better", progress: Progress | None = None,
-                 quality_scorer: QualityScorer | None = None) -> TrainingOutcome:
+                 quality_scorer: QualityScorer | None = None,
+                 metadata: dict[str, Any] | None = None) -> TrainingOutcome:
     """Train one version and publish it in ``model_dir``'s version store.
 
     ``adapter``: where training starts. "stock" = a fresh LoRA on f for the quality
@@ -86,6 +103,8 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
     ``quality_scorer``: the difficulty objective's f scores for videos whose label row has
     no ``f_score``; default: sampled answers of the base with the adapter disabled (e.g.
     pass a constrained-decoding scorer, which always yields a score).
+    ``metadata``: extra entries for the version's metadata.json (e.g. where the labels came from).
+    ``activate``: "never", "always", "if-better" (held-out SRCC improved) or "if-not-worse".
     """
     from . import loop
     from .policy import Policy
@@ -179,13 +198,13 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
         "training": ts.model_dump(mode="json"), "mos_range": list(mos_range) if mos_range else None,
         "labels": {"train": len(split.train), "held_out": len(split.held_out), "source": len(source_rows),
                    "skipped": len(skipped)},
-    }, steps=len(steps), tiny_model=bool(policy.base.is_tiny)) as draft:
+    }, steps=len(steps), tiny_model=bool(policy.base.is_tiny), **(metadata or {})) as draft:
         policy.save_adapter(draft.adapter_dir)
         draft.metadata["metrics_before"] = before
         draft.metadata["metrics_after"] = after
     version = draft.published
     assert version is not None
-    activated = activate == "always" or (activate == "if-better" and _better(before, after))
+    activated = should_activate(activate, before, after)
     if activated:
         store.activate(version.id)
     report(1.0, f"published {version.id}" + (" (active)" if activated else ""))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, VideoError
 from ..model.loading import TINY_WARNING, Runtime, patch_layout, choose_runtime
 from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
@@ -84,6 +84,7 @@ class Policy:
         eos = generation.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         self.pad_id = int(generation.pad_token_id if generation.pad_token_id is not None else self.eos_ids[0])
+        self._trie = None  # the answer trie of constrained_score, built on first use
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -171,16 +172,51 @@ class Policy:
         return Completions(tokens, mask, texts)
 
     def predict(self, videos: list[Path], task: Task, *, samples: int, temperature: float,
-                max_new_tokens: int, use_adapter: bool = True) -> np.ndarray:
-        """Mean parsed score of ``samples`` sampled answers per video; NaN where none parsed."""
+                max_new_tokens: int, use_adapter: bool = True, fallback: bool = False) -> np.ndarray:
+        """Mean parsed score of ``samples`` sampled answers per video; NaN where none parsed.
+
+        ``fallback``: where no sampled answer parses, take the constrained answer instead
+        (``<answer>d.dd</answer>`` forced right after the prompt, greedy), so every readable
+        video gets a score. Videos that cannot be decoded stay NaN either way.
+        """
         scores = np.full(len(videos), np.nan)
         for index, video in enumerate(videos):
-            completions = self.sample(self.encode(video, task), samples, temperature=temperature,
+            try:
+                prompt = self.encode(video, task)
+            except VideoError as exc:
+                log.warning("no %s score for %s: %s", task, video, exc)
+                continue
+            completions = self.sample(prompt, samples, temperature=temperature,
                                       max_new_tokens=max_new_tokens, use_adapter=use_adapter)
             parsed = parse_scores(completions.texts)
             if np.isfinite(parsed).any():
                 scores[index] = float(np.nanmean(parsed))
+            elif fallback:
+                scores[index] = self.constrained_score(prompt, use_adapter=use_adapter)
         return scores
+
+    @torch.no_grad()
+    def constrained_score(self, prompt: VideoPrompt, *, use_adapter: bool = True) -> float:
+        """The greedy answer along the answer trie (always parseable, deterministic)."""
+        from ..scoring.constraint import AnswerTrie
+
+        if self._trie is None:
+            self._trie = AnswerTrie.for_tokenizer(self.processor.tokenizer, self.eos_ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._adapter(use_adapter):
+                sequences = self.model.generate(
+                    input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
+                    pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
+                    second_per_grid_ts=[prompt.second_per_grid], do_sample=False, temperature=None, top_k=None,
+                    top_p=None, max_new_tokens=self._trie.max_new_tokens,
+                    prefix_allowed_tokens_fn=self._trie.prefix_function(prompt.input_ids.shape[1]),
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        finally:
+            self.model.train(was_training)
+        text = self.processor.tokenizer.decode(sequences[0, prompt.input_ids.shape[1]:], skip_special_tokens=True)
+        return float(parse_scores([text])[0])
 
     # --- scoring tokens --------------------------------------------------------------------------
 

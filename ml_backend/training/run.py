@@ -69,6 +69,15 @@ def _on_sigterm(signum, frame) -> None:
     raise JobCancelled()
 
 
+def _release(lock_fd: int) -> None:
+    """Drop the job lock right after the final status is written, not at the end of interpreter teardown
+    (seconds with torch loaded): a job that says "succeeded" must not still block the next one."""
+    try:
+        os.close(lock_fd)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_backend.training.run")
     parser.add_argument("--job-dir", required=True, type=Path)
@@ -96,17 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     except JobCancelled:
         _write(job_dir, replace(context.status, state="cancelled", finished=_now(), message="cancelled",
                                 error="cancelled on request"))
+        _release(args.lock_fd)
         log.info("job %s cancelled", status.job_id)
         return 143
     except BaseException as exc:  # everything a target can throw ends up in the status, never silently
         traceback.print_exc(file=sys.stdout)
         _write(job_dir, replace(context.status, state="failed", finished=_now(), message="failed",
                                 error=f"{type(exc).__name__}: {exc}"))
+        _release(args.lock_fd)
         return 1
     last_message = context.status.message if context.status.message != "running" else ""
     _write(job_dir, replace(context.status, state="succeeded", finished=_now(), progress=1.0,
                             message=last_message or "done",
                             result=dict(result or {})))
+    _release(args.lock_fd)
     log.info("job %s succeeded: %s", status.job_id, result)
     return 0
 

@@ -1,0 +1,206 @@
+"""Serving the active difficulty version of MODEL_DIR, and following it without a restart.
+
+A training job (or ``mdsvqa activate``) only rewrites ``MODEL_DIR/active/difficulty.json``;
+the serving process notices with one ``stat`` (:class:`ml_backend.training.versions.ActiveWatcher`)
+on a background thread every ``MDSVQA_VERSION_POLL_S`` seconds, and at once when /health,
+/setup or /predict nudge it. The new version is loaded as a named adapter on the shared
+base (the 7B base stays in memory once), off the request path; then the scorer handle is
+swapped in one assignment. Requests that started earlier keep the scorer they took, and
+queued work finishes with the version it was submitted for (``ScoringQueue.scorer_for``):
+the previous trained adapter stays loaded for that (``KEEP_TRAINED``), older ones are freed.
+
+A version that cannot be loaded is reported (``error``, in /health) and the old one keeps
+serving; the next activation is tried afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..settings import Settings
+from ..training.versions import VersionStore
+
+log = logging.getLogger(__name__)
+
+KEEP_TRAINED = 2  # trained adapters kept in memory: the one serving and the one before it
+KIND = "difficulty"
+
+
+class VersionFollower:
+    """Builds the scorer of the active difficulty version and switches to newly activated ones."""
+
+    def __init__(self, settings: Settings, *, load_stock: Callable[[], Any] | None = None,
+                 prepare: Callable[[Any], Any] = lambda scorer: scorer) -> None:
+        self.settings = settings
+        self.store = VersionStore(settings.model_dir)
+        self._load_stock = load_stock
+        # Applied to every scorer built here (the service uses it to record vision features).
+        self._prepare = prepare
+        self._watcher = None
+        self._stock = None  # the scorer of the configured adapter (MDSVQA_ADAPTER): the "no version" case
+        self._trained: OrderedDict[str, Any] = OrderedDict()  # version id -> scorer, oldest first
+        self._registry = threading.Lock()  # guards _trained (read by queue threads); never held while loading
+        self._switch_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle = None
+        self._on_switch: Callable[[str, str], None] | None = None
+        self.active_id: str | None = None  # the version now served (None: the configured adapter)
+        self.error: str | None = None  # why the last activated version is not served
+
+    # Start -------------------------------------------------------------------------------------
+    def initial_scorer(self):
+        """The scorer to serve at start (runs on the model-load thread): the active version, if any."""
+        from .service import _load_real_scorer
+
+        self._stock = self._prepare((self._load_stock or (lambda: _load_real_scorer(self.settings)))())
+        self._watcher = self.store.watcher(KIND)
+        target = self._watcher.current
+        if target is None:
+            return self._stock
+        try:
+            scorer = self._scorer_of(target)
+        except Exception as exc:  # noqa: BLE001 - serve the configured adapter and say why
+            self.error = f"active {KIND} version {target} could not be loaded: {type(exc).__name__}: {exc}"
+            log.error("%s; serving %s instead", self.error, self._stock.model_version)
+            return self._stock
+        self.active_id = target
+        log.info("serving the active %s version %s (%s)", KIND, target, scorer.model_version)
+        return scorer
+
+    def start(self, handle, on_switch: Callable[[str, str], None]) -> None:
+        """Follow activations on a daemon thread once ``handle`` (the ScorerHandle) is ready."""
+        self._handle = handle
+        self._on_switch = on_switch
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mdsvqa-versions", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """Check for a new version now (called by requests; costs nothing on the request path)."""
+        self._wake.set()
+
+    # Following ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        self._handle.wait(None)
+        if self._handle.state != "ready" or self._watcher is None:
+            return
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.version_poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check()
+            except Exception:  # a bug here must not end following
+                log.exception("checking for a new %s version failed", KIND)
+
+    def check(self) -> bool:
+        """Switch to the active version if it changed since the last check; True when switched."""
+        if self._watcher is None or not self._watcher.poll():
+            return False
+        target = self._watcher.current
+        with self._switch_lock:
+            if target == self.active_id:
+                self.error = None
+                return False
+            try:
+                scorer = self._scorer_of(target)
+            except Exception as exc:  # noqa: BLE001 - keep serving the old version, say why
+                self.error = f"{KIND} version {target} could not be loaded: {type(exc).__name__}: {exc}"
+                log.error("%s; still serving %s", self.error, self.active_id or "the configured adapter")
+                return False
+            old = self._handle.replace(scorer)
+            previous, self.active_id, self.error = self.active_id, target, None
+            self._evict()
+        log.info("now serving %s version %s (model_version %s, was %s)", KIND, target or "none (configured adapter)",
+                 scorer.model_version, old.model_version if old is not None else None)
+        if self._on_switch is not None and old is not None and old.model_version != scorer.model_version:
+            try:
+                self._on_switch(old.model_version, scorer.model_version)
+            except Exception:
+                log.exception("after switching from %s to %s", previous, target)
+        return True
+
+    def _scorer_of(self, version_id: str | None):
+        """The scorer of a version: reused if still loaded, else its adapter is loaded onto the shared base."""
+        if version_id is None:
+            return self._stock
+        with self._registry:
+            if version_id in self._trained:
+                self._trained.move_to_end(version_id)
+                return self._trained[version_id]
+        from ..scoring import DifficultyScorer
+
+        version = self.store.get(version_id)
+        if version.kind != KIND:
+            raise ValueError(f"{version_id} is a {version.kind} version")
+        loaded = self._stock.loaded
+        loaded.load_adapter(version.id, str(version.adapter_path), self.settings, label=version.id)
+        scorer = self._prepare(DifficultyScorer(loaded.spec, self.settings, self._stock.cache, loaded=loaded,
+                                                adapter=version.id))
+        with self._registry:
+            self._trained[version.id] = scorer
+        return scorer
+
+    def _evict(self) -> None:
+        """Free trained adapters beyond the newest KEEP_TRAINED (never the one serving)."""
+        while True:
+            with self._registry:
+                if len(self._trained) <= KEEP_TRAINED:
+                    return
+                version_id = next(iter(self._trained))
+                if version_id == self.active_id:
+                    self._trained.move_to_end(version_id)
+                    continue
+                scorer = self._trained.pop(version_id)
+            scorer.close(cache=False)
+            self._stock.loaded.unload_adapter(version_id)
+            log.info("unloaded %s version %s", KIND, version_id)
+
+    # Queries -----------------------------------------------------------------------------------
+    @property
+    def stock_version(self) -> str | None:
+        """The model_version of the configured adapter (served when no difficulty version is active)."""
+        return self._stock.model_version if self._stock is not None else None
+
+    def scorer_for(self, model_version: str):
+        """A still-loaded scorer of ``model_version`` (for work queued before a switch), else None."""
+        with self._registry:
+            candidates = [self._stock, *self._trained.values()]
+        for scorer in candidates:
+            if scorer is not None and scorer.model_version == model_version:
+                return scorer
+        return None
+
+    def model_version_of(self, version_id: str) -> str | None:
+        """The model_version a stored difficulty version has (or would have) when served here."""
+        with self._registry:
+            scorer = self._trained.get(version_id)
+        if scorer is not None:
+            return scorer.model_version
+        if self._stock is None:
+            return None
+        from ..model.loading import ModelSpec
+        from ..model.sources import resolve_source
+
+        try:
+            version = self.store.get(version_id)
+            source = resolve_source(str(version.adapter_path), kind="adapter", offline=True,
+                                    required_file="adapter_config.json")
+        except Exception:  # noqa: BLE001 - a listing must not fail on one odd version
+            return None
+        from dataclasses import replace
+
+        spec = self._stock.spec
+        probe = ModelSpec(spec.base, {**spec.adapters, version_id: replace(source, spec=version_id)}, spec.runtime)
+        return probe.version(version_id)
