@@ -8,6 +8,8 @@ caller can report it and go on with the rest.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -27,10 +29,20 @@ def features_path(directory: str | Path, video_name: str) -> Path:
 
 
 def save_features(directory: str | Path, video_name: str, frames: np.ndarray) -> Path:
-    """Write one video's features in the reference layout (float32)."""
+    """Write one video's (frames, dim) features as float32, atomically (temp file + rename)."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 2 or frames.shape[0] == 0:
+        raise ValueError(f"features of {video_name} must be a non-empty (frames, dim) array, got {frames.shape}")
     path = features_path(directory, video_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{FEATURES_KEY: np.asarray(frames, dtype=np.float32)})
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False)
+    try:
+        with handle:
+            np.savez(handle, **{FEATURES_KEY: frames})
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
     return path
 
 

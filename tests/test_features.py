@@ -5,7 +5,8 @@ import pytest
 
 from ml_backend.cli import main
 from ml_backend.features.pooling import pool_temporal_patches
-from ml_backend.features.store import features_path, write_features
+from selection.features import features_path
+from selection.features import save_features as write_features
 from tests.media import SHARED_VIDEO_NAMES, make_bad_videos
 
 

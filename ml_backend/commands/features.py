@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import MdsVqaError
-    from ..features.store import features_path, write_features
+    from selection.features import features_path
+    from selection.features import save_features as write_features
     from ..prefetch import prefetched_batches
     from ..settings import VideoSettings, load_settings
     from ..video.decoding import decode_video, find_videos

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = DifficultyScorer.from_settings(settings)
     if args.features:
-        from ..features.store import write_features
+        from selection.features import save_features as write_features
 
         scorer.feature_sink = lambda path, embedding: write_features(args.features, path, embedding)
     if scorer.is_tiny:
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _complete_features(scorer, paths, directory) -> None:
     """Cache hits never reach the model: embed those whose feature file is missing."""
-    from ..features.store import features_path, write_features
+    from selection.features import features_path
+    from selection.features import save_features as write_features
     from ..features.vision import VisionFeatureExtractor
     from ..scoring.scorer import prepare_video
 
