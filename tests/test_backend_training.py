@@ -19,7 +19,8 @@ from ml_backend.server.app import create_app
 from ml_backend.server.service import BackendService
 from ml_backend.server.training import BackendTraining
 from ml_backend.settings import Settings
-from tests.backend_fakes import FakeScorer, wait_until
+from tests.backend_fakes import FakeScorer
+from tests.conditions import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_CONFIG = (REPO / "label_config.xml").read_text()
@@ -48,7 +49,7 @@ def backend(tmp_path, monkeypatch):
                                            config_for=service.config_for, target=PROBE)
         made.append(service)
         client = create_app(service=service).test_client()
-        wait_until(lambda: client.get("/health").json["model"] == "ready", message="ready")
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="ready")
         return client, service
 
     yield make
@@ -82,8 +83,8 @@ def test_start_training_starts_a_job_at_once_and_refuses_a_second(backend, tmp_p
     assert seconds < 1.0 and first.status_code == 200, first.json
     assert first.json["status"] == "started" and first.json["job"] == first.json["job_id"]
     job_id = first.json["job_id"]
-    running = wait_until(lambda: (s := client.get("/train/status").json)["job"]["message"] == "probing" and s,
-                         timeout=60, message="job running")
+    running = wait_for(lambda: (s := client.get("/train/status").json)["job"]["message"] == "probing" and s,
+                         timeout=60, what="job running")
     assert running["running"] and running["job"]["state"] == "running" and running["job"]["job_id"] == job_id
 
     with caplog.at_level(logging.WARNING, logger="ml_backend.server.training"):
@@ -95,8 +96,8 @@ def test_start_training_starts_a_job_at_once_and_refuses_a_second(backend, tmp_p
     assert [e["project_id"] for e in service.store.events("START_TRAINING")] == [5, 5]  # both presses recorded
 
     (tmp_path / "models" / "release").touch()
-    done = wait_until(lambda: (s := client.get("/train/status?log=20").json)["job"]["state"] == "succeeded" and s,
-                      timeout=60, message="job done")
+    done = wait_for(lambda: (s := client.get("/train/status?log=20").json)["job"]["state"] == "succeeded" and s,
+                      timeout=60, what="job done")
     assert not done["running"] and done["job"]["result"]["runs"] == [{"summary": "probe run"}]
     assert "probe done" in done["log"]
     assert [j["job_id"] for j in client.get("/train/jobs").json["jobs"]] == [job_id]
@@ -111,7 +112,7 @@ def test_the_token_reaches_the_job_only_through_its_environment(backend, tmp_pat
     job_id = reply.json["job_id"]
     job_dir = tmp_path / "models" / "jobs" / job_id
     probe_file = tmp_path / "models" / f"probe-{job_id}.json"
-    wait_until(probe_file.exists, timeout=60, message="probe written")
+    wait_for(probe_file.exists, timeout=60, what="probe written")
     probe = json.loads(probe_file.read_text())
     assert probe["token_sha256"] == hashlib.sha256(LS_TOKEN.encode()).hexdigest()
     assert probe["url"] == "http://127.0.0.1:8080" and probe["secret_env"] == []
@@ -121,7 +122,7 @@ def test_the_token_reaches_the_job_only_through_its_environment(backend, tmp_pat
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     assert "ml_backend.training.run" in cmdline and LS_TOKEN not in cmdline
     (tmp_path / "models" / "release").touch()
-    wait_until(lambda: client.get("/train/status").json["job"]["state"] == "succeeded", timeout=60, message="done")
+    wait_for(lambda: client.get("/train/status").json["job"]["state"] == "succeeded", timeout=60, what="done")
     for path in job_dir.iterdir():
         assert LS_TOKEN not in path.read_text(errors="replace"), path.name
     assert LS_TOKEN not in json.dumps(client.get("/train/status?log=100").json)
@@ -154,11 +155,11 @@ def test_auto_train_after_n_annotation_events(backend, tmp_path):
     third = annotate()
     assert third["status"] == "recorded" and third["training"]["status"] == "started"
     probe = tmp_path / "models" / f"probe-{third['training']['job_id']}.json"
-    wait_until(probe.exists, timeout=60, message="probe written")
+    wait_for(probe.exists, timeout=60, what="probe written")
     assert json.loads(probe.read_text())["trigger"] == "auto after 3 annotation events"
     assert "training" not in annotate(), "counting starts again after a run started"
     (tmp_path / "models" / "release").touch()
-    wait_until(lambda: client.get("/train/status").json["job"]["state"] == "succeeded", timeout=60, message="done")
+    wait_for(lambda: client.get("/train/status").json["job"]["state"] == "succeeded", timeout=60, what="done")
     assert "training" not in annotate()
     assert annotate()["training"]["status"] == "started"  # 3 more since the last start
 

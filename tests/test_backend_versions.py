@@ -20,7 +20,8 @@ from ml_backend.server.service import BackendService
 from ml_backend.server.store import BackendStore
 from ml_backend.settings import Settings
 from ml_backend.training.versions import VersionStore
-from tests.backend_fakes import FakeScorer, wait_until
+from tests.backend_fakes import FakeScorer
+from tests.conditions import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_CONFIG = (REPO / "label_config.xml").read_text()
@@ -50,7 +51,7 @@ def serve(settings):
         service = BackendService(settings)
         services.append(service)
         client = create_app(service=service).test_client()
-        wait_until(lambda: client.get("/health").json["model"] == "ready", timeout=120, message="model ready")
+        wait_for(lambda: client.get("/health").json["model"] == "ready", timeout=120, what="model ready")
         return client, service
 
     yield start
@@ -86,7 +87,7 @@ def test_activation_and_rollback_are_served_without_restart(serve, settings, tin
     assert serving(client) == stock, "publishing alone changes nothing"
     store = VersionStore(settings.model_dir)
     store.activate(first)
-    trained = wait_until(lambda: (v := serving(client)) != stock and v, timeout=60, message="switch to the version")
+    trained = wait_for(lambda: (v := serving(client)) != stock and v, timeout=60, what="switch to the version")
     assert first in trained and trained.startswith("TINY-RANDOM-")
     assert client.get("/health").json["active_version"] == first
     assert predict_version(client) == trained
@@ -100,22 +101,22 @@ def test_activation_and_rollback_are_served_without_restart(serve, settings, tin
 
     second = publish(settings, tiny_model)
     store.activate(second)
-    newer = wait_until(lambda: second in serving(client) and serving(client), timeout=60, message="second version")
+    newer = wait_for(lambda: second in serving(client) and serving(client), timeout=60, what="second version")
     assert newer != trained
     store.activate(first)  # rollback: still loaded, reused
-    wait_until(lambda: serving(client) == trained, timeout=60, message="rollback")
+    wait_for(lambda: serving(client) == trained, timeout=60, what="rollback")
 
     loaded = service.follower._stock.loaded
     third = publish(settings, tiny_model)
     store.activate(third)
-    wait_until(lambda: third in serving(client), timeout=60, message="third version")
+    wait_for(lambda: third in serving(client), timeout=60, what="third version")
     assert second not in loaded.spec.adapters and {first, third} <= set(loaded.spec.adapters), \
         "only the serving and the previous trained adapter stay in memory"
     assert service.follower.scorer_for(newer) is None and service.follower.scorer_for(trained) is not None
     store.activate(second)  # unloaded earlier: loaded again, same identity
-    wait_until(lambda: serving(client) == newer, timeout=60, message="rollback to an unloaded version")
+    wait_for(lambda: serving(client) == newer, timeout=60, what="rollback to an unloaded version")
     store.activate(None, kind="difficulty")  # back to the configured adapter
-    wait_until(lambda: serving(client) == stock, timeout=60, message="back to stock")
+    wait_for(lambda: serving(client) == stock, timeout=60, what="back to stock")
     assert predict_version(client) == stock
 
 
@@ -135,7 +136,7 @@ def test_startup_serves_the_active_version_and_a_broken_one_keeps_the_old(serve,
     weights = store.get(broken).adapter_path / "adapter_model.safetensors"
     weights.write_bytes(b"not safetensors")
     store.activate(broken)
-    error = wait_until(lambda: client.get("/health").json.get("version_error"), timeout=60, message="error shown")
+    error = wait_for(lambda: client.get("/health").json.get("version_error"), timeout=60, what="error shown")
     assert broken in error
     assert good in serving(client) and client.get("/health").json["active_version"] == good
     assert predict_version(client) == serving(client)
@@ -163,7 +164,7 @@ def test_queued_work_finishes_on_the_version_it_was_submitted_for(tmp_path):
     queue.start()
     try:
         job = queue.submit(MediaRequest("key", str(media), 1, None), priority=1, model_version=old.model_version)
-        wait_until(lambda: old.calls, message="old scorer working")
+        wait_for(lambda: old.calls, what="old scorer working")
         current[0] = new  # the switch happens while the old one is busy
         same_key_new = queue.submit(MediaRequest("key", str(media), 1, None), priority=1,
                                     model_version=new.model_version)
@@ -190,7 +191,7 @@ def test_versions_route_lists_the_store_with_metrics(tmp_path, tiny_model):
     service = BackendService(settings, scorer_factory=FakeScorer)
     client = create_app(service=service).test_client()
     try:
-        wait_until(lambda: client.get("/health").json["model"] == "ready", message="ready")
+        wait_for(lambda: client.get("/health").json["model"] == "ready", what="ready")
         body = client.get("/versions").json
         assert body["versions"] == [FakeScorer.model_version] and body["active"]["quality"] == draft.id
         (entry,) = body["store"]
