@@ -50,6 +50,14 @@ def settings_factory(tiny_model, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def label_studio_bin():
+    """Label Studio's executable, installed into its own virtualenv on first use (about 70 s)."""
+    from ml_backend.demo.processes import label_studio_binary
+
+    return label_studio_binary()
+
+
+@pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """One real Label Studio 1.23.2 for the whole session (end-to-end modules share it)."""
     from tests.labelstudio_support import start_label_studio, stop_process

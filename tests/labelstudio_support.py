@@ -2,16 +2,14 @@
 
 Label Studio starts once per test session (about 30 s on a fresh data directory), offline,
 on loopback, on a free port, with a temporary data directory; it is stopped at the end.
-Its binary: $MDSVQA_LABEL_STUDIO_BIN, else the venv of scripts/install_label_studio.sh
-($MDSVQA_LABEL_STUDIO_VENV or .cache/labelstudio-venv), else that script is run (~70 s).
+Its binary: $MDSVQA_LABEL_STUDIO_BIN, else the venv that ml_backend.demo.processes installs
+($MDSVQA_LABEL_STUDIO_VENV or .cache/labelstudio-venv; installed there on first use, ~70 s).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +18,9 @@ from pathlib import Path
 
 import requests
 
+from ml_backend.demo.processes import ManagedProcess, free_port, label_studio_binary  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
-INSTALL_SCRIPT = REPO / "scripts" / "install_label_studio.sh"
-LS_VERSION = "1.23.2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, *, timeout: float, what: str, interval: float = 0.25, process=None, log: Path | None = None):
@@ -54,34 +46,9 @@ def _tail(log: Path | None, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def label_studio_binary() -> Path:
-    explicit = os.environ.get("MDSVQA_LABEL_STUDIO_BIN")
-    if explicit:
-        path = Path(explicit)
-        if not path.exists():
-            raise RuntimeError(f"MDSVQA_LABEL_STUDIO_BIN={explicit} does not exist")
-        return path
-    venv = Path(os.environ.get("MDSVQA_LABEL_STUDIO_VENV", REPO / ".cache" / "labelstudio-venv"))
-    if (venv / "bin" / "label-studio").exists():
-        return venv / "bin" / "label-studio"
-    result = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"installing Label Studio {LS_VERSION} failed:\n{result.stderr[-3000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a process group we started (by its id), politely first."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-    except ProcessLookupError:
-        pass
+    """Stop a process group we started, politely first (the demo's own stop)."""
+    ManagedProcess("process", process, Path(os.devnull)).stop(timeout)
 
 
 @dataclass

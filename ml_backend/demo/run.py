@@ -189,7 +189,7 @@ def _print_queue(service: LabelStudioService, project: int, queue: list[dict], s
         prediction = _good_prediction(task) or {}
         number = next(((r.get("value") or {}).get("number") for r in prediction.get("result", [])), None)
         name = str(task["data"].get("video", "")).rsplit("/", 1)[-1].split("-", 1)[-1]
-        print(f"  {rank:>3}  {task['id']:>5}  {prediction.get('score', 0):>8.3f}  {number:>10.2f}  {name}", flush=True)
+        print(f"  {rank:>3}  {task['id']:>5}  {prediction.get('score', 0):>8.5f}  {number:>10.2f}  {name}", flush=True)
     print(flush=True)
 
 

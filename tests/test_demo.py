@@ -1,0 +1,33 @@
+"""``mdsvqa demo --check`` end to end, as CI runs it: real Label Studio, real backend, derived pool."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.media import REPO
+
+
+@pytest.mark.labelstudio
+def test_demo_check_runs_the_whole_loop_and_stops_everything(tmp_path, label_studio_bin):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MDSVQA_", "LABEL_STUDIO_"))}
+    env["MDSVQA_LABEL_STUDIO_BIN"] = str(label_studio_bin)
+    proc = subprocess.run([sys.executable, "-m", "ml_backend.cli", "demo", "--check", "--workdir", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "TINY RANDOM" in output and "check passed" in output
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+(\S+\.mp4)$", proc.stdout, re.M)
+    assert len(rows) == 10
+    priorities = [float(r[2]) for r in rows]
+    assert priorities == sorted(priorities, reverse=True) and priorities[0] == 1.0
+    assert all(1.0 <= float(r[3]) <= 5.0 for r in rows)
+    assert len(list((tmp_path / "pool").glob("*.mp4"))) == 16  # 4 videos x 4 derived variants
+    # Both services were stopped: nothing is left listening on the printed Label Studio port.
+    port = int(re.search(r"http://127\.0\.0\.1:(\d+)/projects", proc.stdout).group(1))
+    import socket
+
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
