@@ -58,3 +58,15 @@ def test_report_command_selects_and_lists_versions(tmp_path):
     assert len({name for _, name in rows}) == 5
     assert "bad &lt;b&gt;name&lt;/b&gt;.mp4" in page and "not a decodable video" in page
     assert page.count("data:image/png;base64,") == 3
+
+
+def test_report_refuses_names_sharing_a_features_stem_cleanly(tmp_path, capsys):
+    pool = clustered_pool(tmp_path, count=3)
+    scores = json.loads((pool / "scores.json").read_text())
+    scores["clip00.mkv"] = {"reasoning": "N/A", "score": 2.0}  # same stem as clip00.mp4
+    (pool / "scores.json").write_text(json.dumps(scores))
+    code = main(["report", "--scores", str(pool / "scores.json"), "--features", str(pool / "features"),
+                 "--out", str(tmp_path / "r.html")])
+    assert code == 2
+    assert "clip00" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

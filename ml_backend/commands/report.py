@@ -26,6 +26,17 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from selection.errors import SelectionError
+
+    from ..errors import MdsVqaError
+
+    try:
+        return _run(args)
+    except SelectionError as exc:  # duplicate stems, bad difficulty values, ...: a message, not a traceback
+        raise MdsVqaError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
