@@ -25,6 +25,13 @@ def test_demo_check_runs_the_whole_loop_and_stops_everything(tmp_path, label_stu
     assert priorities == sorted(priorities, reverse=True) and priorities[0] == 1.0
     assert all(1.0 <= float(r[3]) <= 5.0 for r in rows)
     assert len(list((tmp_path / "pool").glob("*.mp4"))) == 16  # 4 videos x 4 derived variants
+    # The project report (read-only `report --project`) numbers the same picks as the queue head.
+    page = (tmp_path / "report.html").read_text()
+    picked = re.findall(r"<tr><td class='num'>(\d+)</td><td>task (\d+): ", page)
+    assert len(picked) == 8 and [int(rank) for rank, _ in picked] == list(range(1, 9))
+    queue_head = [int(r[1]) for r in rows[:8]]
+    assert [int(task) for _, task in picked] == queue_head
+    assert page.count("data:image/png;base64,") == 3 and "meaningless" in page
     # Both services were stopped: nothing is left listening on the printed Label Studio port.
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)/projects", proc.stdout).group(1))
     import socket

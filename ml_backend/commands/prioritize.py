@@ -46,11 +46,6 @@ def _report(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
-    from ..labelstudio.client import Connection, LabelStudioApiError, api_for
-    from ..labelstudio.media import MediaResolver
-    from ..model.loading import resolve_model, shared_model
-    from ..prioritize.features import FeatureSource, FeatureStore, VisionFeatureComputer, feature_identity
-    from ..prioritize.labelstudio import PriorityApi
     from ..prioritize.run import PriorityError, prioritize_project
     from ..settings import load_settings
 
@@ -66,32 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise PriorityError(f"--budget must be >= 0, got {budget}")
     if not 0 < fraction <= 1:
         raise PriorityError(f"--budget-fraction must be in (0, 1], got {fraction}")
+    client, features, resolver, device = open_project(settings, args.project, extract=args.extract)
     try:
-        connection = Connection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-    client = PriorityApi(api_for(connection))
-    try:  # reach Label Studio before anything else, and say so plainly when it cannot be reached
-        client.project(args.project)
-    except LabelStudioApiError as exc:
-        if exc.status is None:
-            raise LabelStudioApiError(f"cannot reach Label Studio at {connection.url}: {exc}") from exc
-        if exc.status in (401, 403):
-            raise LabelStudioApiError(f"Label Studio at {connection.url} refused the token: {exc}") from exc
-        if exc.status == 404:
-            raise PriorityError(f"Label Studio at {connection.url} has no project {args.project}") from exc
-        raise
-    spec = resolve_model(settings)  # cheap: names the features' model without loading it
-    store = FeatureStore(settings.cache_dir / "features", feature_identity(spec, settings.video))
-    resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
-                             timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
-    try:
-        computer = (VisionFeatureComputer(lambda: shared_model(settings), settings, resolver, connection)
-                    if args.extract else None)
-        device = spec.runtime.device if spec.runtime.device.startswith("cuda") else "cpu"
         summary = prioritize_project(client, args.project,
-                                     model_version=args.model_version, features=FeatureSource(store, computer),
+                                     model_version=args.model_version, features=features,
                                      budget=budget, budget_fraction=fraction, lam=lam, device=device)
     finally:
         resolver.close()
@@ -102,3 +75,43 @@ def run(args: argparse.Namespace) -> int:
         _report(f"... and {len(problems) - 50} more")
     print(summary.describe())
     return 0
+
+
+def open_project(settings, project: int, *, extract: bool = True):
+    """Reach the project (with plain errors) and the backend's feature store: (client, features, resolver, device).
+
+    The caller closes the resolver. Shared by `prioritize` and `report --project`.
+    """
+    from ..errors import ConfigurationError
+    from ..labelstudio.client import Connection, LabelStudioApiError, api_for
+    from ..labelstudio.media import MediaResolver
+    from ..model.loading import resolve_model, shared_model
+    from ..prioritize.features import FeatureSource, FeatureStore, VisionFeatureComputer, feature_identity
+    from ..prioritize.labelstudio import PriorityApi
+    from ..prioritize.run import PriorityError
+
+    if not settings.label_studio_url or not settings.label_studio_api_key:
+        raise ConfigurationError("give --url and --token, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    try:
+        connection = Connection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    client = PriorityApi(api_for(connection))
+    try:  # reach Label Studio before anything else, and say so plainly when it cannot be reached
+        client.project(project)
+    except LabelStudioApiError as exc:
+        if exc.status is None:
+            raise LabelStudioApiError(f"cannot reach Label Studio at {connection.url}: {exc}") from exc
+        if exc.status in (401, 403):
+            raise LabelStudioApiError(f"Label Studio at {connection.url} refused the token: {exc}") from exc
+        if exc.status == 404:
+            raise PriorityError(f"Label Studio at {connection.url} has no project {project}") from exc
+        raise
+    spec = resolve_model(settings)  # cheap: names the features' model without loading it
+    store = FeatureStore(settings.cache_dir / "features", feature_identity(spec, settings.video))
+    resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
+                             timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
+    computer = (VisionFeatureComputer(lambda: shared_model(settings), settings, resolver, connection)
+                if extract else None)
+    device = spec.runtime.device if spec.runtime.device.startswith("cuda") else "cpu"
+    return client, FeatureSource(store, computer), resolver, device

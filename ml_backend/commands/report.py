@@ -10,14 +10,23 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="Write an HTML report: difficulty histogram, embedding map with picks, objective terms, versions.",
-        description="Summarise a scored pool in one self-contained HTML file. Give the selection as the "
-        "details file of `mdsvqa select --details`, or --budget to select here.",
+        description="Summarise a scored pool in one self-contained HTML file: a Label Studio project "
+        "(--project: its predictions, the backend's features, the selection it computes, read-only), or "
+        "files (--scores with --features; the selection from `mdsvqa select --details`, or --budget).",
     )
-    parser.add_argument("--scores", required=True, metavar="FILE", help="Scores JSON (reference format).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--project", type=int, metavar="P", help="Label Studio project id (read-only).")
+    source.add_argument("--scores", metavar="FILE", help="Scores JSON (reference format).")
+    parser.add_argument("--url", help="Label Studio URL for --project (LABEL_STUDIO_URL).")
+    parser.add_argument("--token", help="Label Studio token for --project (LABEL_STUDIO_API_KEY; prefer the env).")
+    parser.add_argument("--base", help="Base model whose features the backend keeps (MDSVQA_BASE).")
+    parser.add_argument("--adapter", help="The backend's adapter (MDSVQA_ADAPTER).")
+    parser.add_argument("--cache-dir", help="The backend's cache folder with its features (MDSVQA_CACHE_DIR).")
     parser.add_argument("--features", metavar="DIR", help="Features folder (<stem>_features.npz) for the map.")
     parser.add_argument("--selection", metavar="FILE", help="Details JSON written by `mdsvqa select --details`.")
     parser.add_argument("--budget", type=int, help="Select this many videos here (needs --features).")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.25, help="Diversity weight (default 0.25).")
+    parser.add_argument("--lambda", dest="lam", type=float, help="Diversity weight (default 0.25 or "
+                        "MDSVQA_PRIORITY_DIVERSITY_LAMBDA).")
     parser.add_argument("--labeled", metavar="FILE", help="JSON list of names already labeled.")
     parser.add_argument("--model-dir", metavar="DIR", help="Model directory: adds SRCC/PLCC of each version.")
     parser.add_argument("--title", default="Video pool report")
@@ -37,13 +46,65 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..fileio import atomic_write_bytes
+    from ..report.html import render
+
+    data = _project_data(args) if args.project is not None else _file_data(args)
+    if args.model_dir:
+        from ..report.versions import version_rows
+
+        data.versions = version_rows(args.model_dir)
+    atomic_write_bytes(args.out, render(data).encode())
+    print(f"report: {len(data.difficulty)} videos, {len(data.picks)} picks -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _project_data(args: argparse.Namespace):
+    """A project as the backend sees it: predictions, kept features, and the order it would compute."""
+    from pathlib import PurePosixPath
+    from urllib.parse import urlparse
+
+    from ..report.data import PickRow, ReportData
+    from ..settings import load_settings
+    from .prioritize import open_project
+    from ..prioritize.run import prioritize_project
+
+    settings = load_settings(label_studio_url=args.url, label_studio_api_key=args.token, base=args.base,
+                             adapter=args.adapter, cache_dir=args.cache_dir)
+    lam = args.lam if args.lam is not None else settings.priority.diversity_lambda
+    budget = args.budget if args.budget is not None else settings.priority.budget
+    client, features, resolver, device = open_project(settings, args.project, extract=False)
+    try:
+        summary = prioritize_project(client, args.project, features=features, budget=budget,
+                                     budget_fraction=settings.priority.budget_fraction, lam=lam, device=device,
+                                     write=False, keep_frames=True)
+    finally:
+        resolver.close()
+
+    def name(task_id: int) -> str:
+        path = urlparse(summary.media.get(task_id, "")).path or summary.media.get(task_id, "")
+        return f"task {task_id}: {PurePosixPath(path).name or '?'}"
+
+    data = ReportData(title=args.title if args.title != "Video pool report" else f"Project {args.project}",
+                      difficulty={name(t): d for t, d in summary.difficulty.items()},
+                      failed={name(t): why for t, why in summary.without_difficulty.items()},
+                      embeddings={name(t): f for t, f in summary.frames.items()},
+                      labeled=[name(t) for t in summary.labeled], lam=lam,
+                      picks=[PickRow(rank, name(s.index), s.objective, s.difficulty, s.mean_distance)
+                             for rank, s in enumerate(summary.steps, start=1)])
+    data.notes.append(f"model version {summary.model_version}: {len(summary.labeled)} labeled, "
+                      f"{summary.pool} unlabeled with a difficulty, budget {summary.budget}")
+    if summary.model_version.startswith("TINY-RANDOM-"):
+        data.notes.append("These difficulties come from the tiny random test model: they are meaningless.")
+    return data
+
+
+def _file_data(args: argparse.Namespace):
     import json
     from pathlib import Path
 
     from ..errors import MdsVqaError
-    from ..fileio import atomic_write_bytes
     from ..report.data import PickRow, ReportData
-    from ..report.html import render
     from ..scoring.results import read_scores, valid_score
 
     scores = read_scores(args.scores)
@@ -76,17 +137,11 @@ def _run(args: argparse.Namespace) -> int:
 
         names = sorted(data.embeddings)
         initial = [names.index(n) for n in labeled if n in data.embeddings]
+        lam = 0.25 if args.lam is None else args.lam
         result = select_greedy(np.array([difficulty[n] for n in names]), [data.embeddings[n] for n in names],
-                               args.budget, args.lam, initial)
-        data.lam = args.lam
+                               args.budget, lam, initial)
+        data.lam = lam
         data.picks = [PickRow(rank, names[s.index], s.objective, s.difficulty, s.mean_distance)
                       for rank, s in enumerate(result.steps(), start=1)]
 
-    if args.model_dir:
-        from ..report.versions import version_rows
-
-        data.versions = version_rows(args.model_dir)
-
-    atomic_write_bytes(args.out, render(data).encode())
-    print(f"report: {len(difficulty)} videos, {len(data.picks)} picks -> {args.out}", file=sys.stderr)
-    return 0
+    return data

@@ -144,9 +144,12 @@ def run_demo(options: DemoOptions) -> int:
                       interval=2.0)
         say(f"all {len(tasks)} tasks have a predicted difficulty; ordering the queue ...")
         _prioritize(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter)
+        _report(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
+                out=workdir / "report.html")
         view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
         queue = studio.tasks(project, view=view["id"])
         _print_queue(studio_service, project, queue, options.show)
+        print(f"  report: {workdir / 'report.html'} (mdsvqa report --project {project})\n", flush=True)
         if options.check:
             _check(studio, project, view["id"], queue)
             say("check passed: every task predicted, versions aligned, the queue follows the computed order")
@@ -167,17 +170,28 @@ def run_demo(options: DemoOptions) -> int:
             say("stopped Label Studio and the backend")
 
 
-def _prioritize(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str,
-                adapter: str) -> None:
+def _project_command(name: str, service: LabelStudioService, project: int, arguments: list[str]) -> None:
+    """Run ``mdsvqa <name> --url ... --project ...`` as its own process, the token in its environment."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1"}
-    # the backend's cache and model: the command reads the vision features the backend kept while scoring
-    command = [sys.executable, "-m", "ml_backend.cli", "prioritize", "--url", service.url, "--project", str(project),
-               "--budget", str(budget), "--cache-dir", str(cache_dir), "--base", base, "--adapter", adapter]
-    env["LABEL_STUDIO_API_KEY"] = service.token  # the token goes through the environment, never argv
+           "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_API_KEY": service.token}
+    command = [sys.executable, "-m", "ml_backend.cli", name, "--url", service.url, "--project", str(project),
+               *arguments]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        raise MdsVqaError(f"mdsvqa prioritize failed:\n{result.stderr[-2000:]}")
+        raise MdsVqaError(f"mdsvqa {name} failed:\n{result.stderr[-2000:]}")
+
+
+def _prioritize(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str,
+                adapter: str) -> None:
+    # the backend's cache and model: the command reads the vision features the backend kept while scoring
+    _project_command("prioritize", service, project,
+                     ["--budget", str(budget), "--cache-dir", str(cache_dir), "--base", base, "--adapter", adapter])
+
+
+def _report(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str, adapter: str,
+            out: Path) -> None:
+    _project_command("report", service, project, ["--budget", str(budget), "--cache-dir", str(cache_dir),
+                                                   "--base", base, "--adapter", adapter, "--out", str(out)])
 
 
 def _print_queue(service: LabelStudioService, project: int, queue: list[dict], show: int) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from ..errors import MdsVqaError
 from ..labelstudio.client import LabelStudioApiError
 from ..labelstudio.config import ProjectConfig, parse_label_config
 from ..labelstudio.media import media_key
+from selection.result import SelectionStep
 from .features import FeatureRequest, FeatureSource, LoadedTaskFeatures
 from .labelstudio import SEQUENTIAL, PriorityApi, ProjectTask, TaskPrediction
 from .order import DIFFICULTY_MAX, DIFFICULTY_MIN, LABELED_PRIORITY, QueueEntry, default_budget, queue_order
@@ -81,6 +82,10 @@ class PrioritySummary:
     view_id: int | None = None
     view_action: str = ""  # created, updated, unchanged
     seconds: float = 0.0
+    difficulty: dict[int, float] = field(default_factory=dict)  # unlabeled tasks with a usable difficulty
+    steps: list[SelectionStep] = field(default_factory=list)  # per pick: objective and its terms (index = task id)
+    media: dict[int, str] = field(default_factory=dict)  # task -> its video reference
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # only with keep_frames=True (reports)
 
     @property
     def queue(self) -> list[int]:
@@ -159,11 +164,12 @@ def _feature_requests(tasks: list[ProjectTask], config: ProjectConfig, client: P
 
 
 def _select(candidates: list[int], seeds: list[int], difficulty: dict[int, float],
-            frames: dict[int, np.ndarray], budget: int, lam: float, device: str) -> tuple[list[int], bool]:
+            frames: dict[int, np.ndarray], budget: int, lam: float, device: str
+            ) -> tuple[list[int], bool, list[SelectionStep]]:
     from selection.errors import SelectionError
 
     if budget <= 0 or not candidates:
-        return [], budget > len(candidates)
+        return [], budget > len(candidates), []
     from selection import select_greedy
 
     values = np.array([difficulty[t] for t in candidates] + [np.nan] * len(seeds), dtype=np.float64)
@@ -173,7 +179,8 @@ def _select(candidates: list[int], seeds: list[int], difficulty: dict[int, float
         result = select_greedy(values, pool_frames, budget, lam, initial, device=device)
     except SelectionError as exc:
         raise PriorityError(f"selection refused its inputs: {exc}") from exc
-    return [candidates[int(i)] for i in result.picks], result.budget_clipped
+    steps = [replace(step, index=candidates[step.index]) for step in result.steps()]
+    return [candidates[int(i)] for i in result.picks], result.budget_clipped, steps
 
 
 def ensure_view(client: PriorityApi, project_id: int) -> tuple[int, str]:
@@ -195,8 +202,13 @@ def ensure_view(client: PriorityApi, project_id: int) -> tuple[int, str]:
 def prioritize_project(client: PriorityApi, project_id: int, *, model_version: str | None = None,
                        features: FeatureSource | None = None, budget: int | None = None,
                        budget_fraction: float = 0.05, lam: float = 0.25, device: str = "cpu",
-                       set_project_version: bool = True) -> PrioritySummary:
-    """Order the project's unlabeled tasks and write the order into Label Studio (see module doc)."""
+                       set_project_version: bool = True, write: bool = True,
+                       keep_frames: bool = False) -> PrioritySummary:
+    """Order the project's unlabeled tasks and write the order into Label Studio (see module doc).
+
+    ``write=False`` computes the same order and changes nothing in Label Studio (reports);
+    ``keep_frames`` keeps each task's features in the summary.
+    """
     started = time.monotonic()
     if budget is not None and budget < 0:
         raise PriorityError(f"budget must be >= 0, got {budget}")
@@ -260,9 +272,16 @@ def prioritize_project(client: PriorityApi, project_id: int, *, model_version: s
         summary.without_features = {t.id: missing[t.id] for t in pool_tasks if t.id in missing}
         summary.seeds_without_features = {t.id: missing[t.id] for t in seeds if t.id in missing}
 
-    summary.picks, summary.budget_clipped = _select(candidates, seed_ids, difficulty, frames, summary.budget, lam,
-                                                    device)
+    summary.picks, summary.budget_clipped, summary.steps = _select(candidates, seed_ids, difficulty, frames,
+                                                                   summary.budget, lam, device)
     summary.order = queue_order(summary.picks, difficulty)
+    summary.difficulty = difficulty
+    summary.media = {task_id: request.ref for task_id, request in requests.items()}
+    if keep_frames:
+        summary.frames = frames
+    if not write:
+        summary.seconds = time.monotonic() - started
+        return summary
 
     if set_project_version and info.model_version != version and current:
         client.set_project_model_version(project_id, version)
