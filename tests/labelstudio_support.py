@@ -18,7 +18,8 @@ from pathlib import Path
 
 import requests
 
-from ml_backend.demo.processes import ManagedProcess, free_port, label_studio_binary  # noqa: F401
+from ml_backend.demo.processes import (ManagedProcess, free_port, label_studio_binary,  # noqa: F401
+                                       label_studio_environment)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,21 +120,7 @@ def start_label_studio(workdir: Path) -> LabelStudio:
     data = workdir / "data"
     media_root = workdir / "local-media"
     media_root.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MDSVQA_", "DJANGO_"))}
-    env.update({
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_SENTRY_DSN": "",
-        "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
-        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(media_root),
-        # /setup tells the backend this URL; "localhost" could resolve to ::1 where nothing listens
-        "LABEL_STUDIO_HOST": f"http://127.0.0.1:{port}",
-        "SECRET_KEY": "mdsvqa-e2e-" + os.urandom(16).hex(),
-    })
+    env = label_studio_environment(port, media_root, "mdsvqa-e2e-" + os.urandom(16).hex())
     log = workdir / "label-studio.log"
     command = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data), "--username", "e2e@mdsvqa.invalid", "--password", "e2e-password-1",

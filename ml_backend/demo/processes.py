@@ -121,6 +121,26 @@ def _installed_version(venv: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def label_studio_environment(port: int, media_root: Path, secret_key: str) -> dict[str, str]:
+    """Our environment minus our own settings, plus what an offline Label Studio on loopback needs (SPEC 7)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MDSVQA_", "DJANGO_"))}
+    env.update({
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_SENTRY_DSN": "",
+        "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(media_root),
+        # /setup tells the backend this URL; "localhost" could resolve to ::1 where nothing listens.
+        "LABEL_STUDIO_HOST": f"http://127.0.0.1:{port}",
+        "SECRET_KEY": secret_key,
+    })
+    return env
+
+
 @dataclass
 class LabelStudioService:
     url: str
@@ -146,21 +166,7 @@ def start_label_studio(workdir: Path, *, port: int | None = None, username: str 
     secret = workdir / "secret-key"
     if not secret.exists():
         secret.write_text(os.urandom(24).hex())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MDSVQA_", "DJANGO_"))}
-    env.update({
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_SENTRY_DSN": "",
-        "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
-        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(media_root),
-        # /setup tells the backend this URL; "localhost" could resolve to ::1 where nothing listens.
-        "LABEL_STUDIO_HOST": f"http://127.0.0.1:{port}",
-        "SECRET_KEY": secret.read_text(),
-    })
+    env = label_studio_environment(port, media_root, secret.read_text())
     command = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(workdir / "label-studio-data"), "--username", username, "--password", password,
                "--user-token", token, "--enable-legacy-api-token"]

@@ -61,6 +61,19 @@ def _wrap(action: str, exc: Exception) -> LabelStudioApiError:
     return LabelStudioApiError(f"{action}: {type(exc).__name__}: {exc}", transient=True)
 
 
+def iterate_pages(action: str, pager) -> Iterator[Any]:
+    """Items of an SDK pager; a failure while fetching a later page becomes a LabelStudioApiError."""
+    iterator = iter(pager)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _wrap(action, exc) from exc
+        yield item
+
+
 class LabelStudioApi:
     """A thin, typed face over the SDK client for one connection."""
 
@@ -127,14 +140,7 @@ class LabelStudioApi:
         # resolve_uri=False: the raw task data, exactly as /predict receives it (same media cache keys)
         pager = self._call(f"list tasks of project {project_id}", self._sdk.tasks.list, project=project_id,
                            fields="all", page_size=100, resolve_uri=False)
-        iterator = iter(pager)
-        while True:
-            try:
-                task = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise _wrap(f"list tasks of project {project_id}", exc) from exc
+        for task in iterate_pages(f"list tasks of project {project_id}", pager):
             versions = {p.model_version for p in (task.predictions or [])}
             if model_version not in versions:
                 yield int(task.id), dict(task.data or {})
@@ -150,14 +156,7 @@ class LabelStudioApi:
             {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}})
         pager = self._call(f"list annotated tasks of project {project_id}", self._sdk.tasks.list,
                            project=project_id, fields="all", query=query, page_size=100, resolve_uri=False)
-        iterator = iter(pager)
-        while True:
-            try:
-                task = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise _wrap(f"list annotated tasks of project {project_id}", exc) from exc
+        for task in iterate_pages(f"list annotated tasks of project {project_id}", pager):
             annotations = [a for a in (getattr(task, "annotations", None) or []) if isinstance(a, dict)]
             yield int(task.id), dict(task.data or {}), annotations
 

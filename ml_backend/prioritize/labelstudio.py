@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..labelstudio.client import API_TIMEOUT_S, Connection, LabelStudioApi, LabelStudioApiError, _wrap
+from ..labelstudio.client import (API_TIMEOUT_S, Connection, LabelStudioApi, LabelStudioApiError, _wrap,
+                                 iterate_pages)
 
 SEQUENTIAL = "Sequential sampling"
 
@@ -106,14 +107,7 @@ class PriorityApi:
         # resolve_uri=False: the raw task data, exactly as /predict receives it (same media keys)
         pager = self._call(f"list tasks of project {project_id}", self._sdk.tasks.list, project=project_id,
                            fields="all", page_size=500, resolve_uri=False)
-        iterator = iter(pager)
-        while True:
-            try:
-                task = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise _wrap(f"list tasks of project {project_id}", exc) from exc
+        for task in iterate_pages(f"list tasks of project {project_id}", pager):
             predictions = [p for p in map(_prediction, _get(task, "predictions") or []) if p is not None]
             labeled = int(_get(task, "total_annotations") or 0) > 0
             yield ProjectTask(int(_get(task, "id")), dict(_get(task, "data") or {}), labeled, predictions)
