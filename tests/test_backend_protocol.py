@@ -207,7 +207,7 @@ def test_deadline_defers_and_pushes_late_results(tmp_path, media_root):
             assert label_studio.predictions == []
             scorer.gate.set()
             posted = wait_for(lambda: len(label_studio.predictions) == 2 and label_studio.predictions,
-                                what="late predictions posted")
+                              what="late predictions posted")
             by_task = {p["task"]: p for p in posted}
             assert set(by_task) == {41, 42}
             assert by_task[41]["model_version"] == FAKE_VERSION

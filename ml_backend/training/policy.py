@@ -151,19 +151,9 @@ class Policy:
     def sample(self, prompt: VideoPrompt, count: int, *, temperature: float, max_new_tokens: int,
                use_adapter: bool = True) -> Completions:
         """``count`` sampled answers (top-k 50, top-p 1, as the reference samples)."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self._adapter(use_adapter):
-                sequences = self.model.generate(
-                    input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
-                    pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
-                    second_per_grid_ts=[prompt.second_per_grid], do_sample=True, temperature=temperature,
-                    top_k=TOP_K, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=count,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                    suppress_tokens=self.prompts.placeholder_ids())
-        finally:
-            self.model.train(was_training)
+        sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=True, temperature=temperature,
+                                   top_k=TOP_K, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=count,
+                                   suppress_tokens=self.prompts.placeholder_ids())
         tokens = sequences[:, prompt.input_ids.shape[1]:]
         mask = completion_mask(tokens, self.eos_ids)
         lengths = mask.sum(dim=1).long().tolist()
@@ -202,21 +192,25 @@ class Policy:
 
         if self._trie is None:
             self._trie = AnswerTrie.for_tokenizer(self.processor.tokenizer, self.eos_ids)
+        sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=False, temperature=None, top_k=None,
+                                   top_p=None, max_new_tokens=self._trie.max_new_tokens,
+                                   prefix_allowed_tokens_fn=self._trie.prefix_function(prompt.input_ids.shape[1]))
+        text = self.processor.tokenizer.decode(sequences[0, prompt.input_ids.shape[1]:], skip_special_tokens=True)
+        return float(parse_scores([text])[0])
+
+    def _generate(self, prompt: VideoPrompt, *, use_adapter: bool, **options) -> torch.Tensor:
+        """``generate`` on one prompt in eval mode, with or without the adapter; training mode restored."""
         was_training = self.model.training
         self.model.eval()
         try:
             with self._adapter(use_adapter):
-                sequences = self.model.generate(
+                return self.model.generate(
                     input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
                     pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
-                    second_per_grid_ts=[prompt.second_per_grid], do_sample=False, temperature=None, top_k=None,
-                    top_p=None, max_new_tokens=self._trie.max_new_tokens,
-                    prefix_allowed_tokens_fn=self._trie.prefix_function(prompt.input_ids.shape[1]),
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+                    second_per_grid_ts=[prompt.second_per_grid], eos_token_id=self.eos_ids,
+                    pad_token_id=self.pad_id, **options)
         finally:
             self.model.train(was_training)
-        text = self.processor.tokenizer.decode(sequences[0, prompt.input_ids.shape[1]:], skip_special_tokens=True)
-        return float(parse_scores([text])[0])
 
     # --- scoring tokens --------------------------------------------------------------------------
 
