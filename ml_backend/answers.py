@@ -1,4 +1,8 @@
-"""Reading a score out of the model's text: last <answer> tag, first number, clamped to [1, 5]."""
+"""Reading a score out of the model's text: last <answer> tag, first number, clamped to [1, 5].
+
+Also the answers the constrained decoder admits: the formats the published models write
+themselves (SPEC 4: g mostly writes ``2.0``), so the constraint never adds a digit.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from .errors import AnswerParseError
 SCORE_MIN = 1.0
 SCORE_MAX = 5.0
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+# The reference's own patterns: case-sensitive tags, an unsigned number with optional decimals.
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_score(text: str) -> float:
@@ -33,11 +38,17 @@ def clamp_score(value: float) -> float:
     return min(SCORE_MAX, max(SCORE_MIN, value))
 
 
-def format_answer(score: float) -> str:
-    """The canonical answer text for a score, as the constrained decoder emits it."""
-    return f"<answer>{score:.2f}</answer>"
+def score_texts() -> list[str]:
+    """Every score the constrained decoder may write: 1-5 with no, one or two decimals.
+
+    Whole numbers (``3``), tenths (``3.0``, ``4.5``) and hundredths (``4.25``), never past 5.
+    """
+    whole = [str(value) for value in range(int(SCORE_MIN), int(SCORE_MAX) + 1)]
+    tenths = [f"{tenth / 10:.1f}" for tenth in range(10, 51)]
+    hundredths = [f"{hundredth / 100:.2f}" for hundredth in range(100, 501)]
+    return whole + tenths + hundredths
 
 
-def canonical_answers() -> list[str]:
-    """Every answer the constrained decoder may produce: 1.00, 1.01, ..., 5.00."""
-    return [format_answer(hundredths / 100) for hundredths in range(100, 501)]
+def allowed_answers() -> list[str]:
+    """The complete answers the constrained decoder admits: ``<answer>`` + a score text + ``</answer>``."""
+    return [f"<answer>{text}</answer>" for text in score_texts()]

@@ -30,8 +30,10 @@ PROMPTS: dict[str, str] = {
     "quality": TASK_PREFIX + QUALITY_QUESTION + THINKING_SUFFIX,
 }
 
-# Bump when a prompt text changes: it is part of every score-cache key.
-PROMPT_VERSION = 1
+# Bump when a prompt or the model input changes: it is part of every score-cache key.
+# 2: no "Video 1: ", float32 frame indices, float pixel budget, torchvision resize,
+#    second_per_grid_ts 1.0, answers in the model's own formats.
+PROMPT_VERSION = 2
 
 
 def prompt_text(task: Task) -> str:

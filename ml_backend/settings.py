@@ -36,6 +36,16 @@ class VideoSettings(BaseSettings):
     max_side: int = Field(
         8192, gt=0, description="Refuse videos wider or taller than this (decoder safety)."
     )
+    resize: Literal["exact", "decoder"] = Field(
+        "exact", description="'exact': decode at source size, then the reference's bicubic antialiased "
+        "uint8 resize (torchvision), pixel for pixel as the checkpoints saw; 'decoder': scale real downscales "
+        "inside FFmpeg (faster, less memory, pixels differ by ~1/255 on average). Part of every cache key.",
+    )
+    second_per_grid: Literal["reference", "sampled"] = Field(
+        "reference", description="Temporal RoPE spacing (second_per_grid_ts): 'reference' = 1.0 for every "
+        "video, as the published checkpoints were trained and evaluated; 'sampled' = 2 / sampled fps, for "
+        "checkpoints trained with the true spacing.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "VideoSettings":

@@ -8,8 +8,6 @@ caller can report it and go on with the rest.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ml_backend.fileio import atomic_writer
 
 from .errors import DuplicateNameError
 
@@ -34,15 +34,8 @@ def save_features(directory: str | Path, video_name: str, frames: np.ndarray) ->
     if frames.ndim != 2 or frames.shape[0] == 0:
         raise ValueError(f"features of {video_name} must be a non-empty (frames, dim) array, got {frames.shape}")
     path = features_path(directory, video_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **{FEATURES_KEY: frames})
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        np.savez(handle, **{FEATURES_KEY: frames})
     return path
 
 

@@ -10,6 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "videos"
 GOLDEN = SHARED / "golden" / "qwen2_5_vl_video_patches.npz"
+REFERENCE_PROMPTS_FILE = SHARED / "golden" / "reference_prompts.json"
+CHAT_TEMPLATE_GOLDEN = SHARED / "golden" / "qwen2_5_vl_chat_template.json"
+
+
+def reference_prompts() -> dict[str, str]:
+    """The prompt texts the reference renders (transformers 4.49), from shared/golden."""
+    import json
+
+    data = json.loads(REFERENCE_PROMPTS_FILE.read_text())
+    return {task: data[task] for task in ("difficulty", "quality")}
 SHARED_VIDEO_NAMES = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"]
 
 

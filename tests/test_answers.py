@@ -1,6 +1,6 @@
 import pytest
 
-from ml_backend.answers import canonical_answers, clamp_score, parse_score
+from ml_backend.answers import allowed_answers, clamp_score, parse_score
 from ml_backend.errors import AnswerParseError
 
 
@@ -16,8 +16,9 @@ from ml_backend.errors import AnswerParseError
         ("<answer>7.3</answer>", 5.0),  # clamped high
         ("<answer>0.25</answer>", 1.0),  # clamped low
         ("<answer>-3</answer>", 3.0),  # unsigned number, as in the reference
-        ("<ANSWER>2.5</ANSWER>", 2.5),
-        ("<answer>.5</answer>", 1.0),
+        ("<ANSWER>2.5</ANSWER>", 2.5),  # tags are case-sensitive, as in the reference: whole text
+        ("<answer>.5</answer>", 5.0),  # the reference's number pattern needs a digit first
+        ("<answer>2.</answer>", 2.0),
     ],
 )
 def test_parse_score(text, expected):
@@ -36,9 +37,11 @@ def test_unparseable_tag_does_not_fall_back_to_text_outside_it():
         parse_score("I think 3 <answer>unsure</answer>")
 
 
-def test_canonical_answers_cover_the_scale_in_hundredths():
-    answers = canonical_answers()
-    assert len(answers) == 401
-    assert answers[0] == "<answer>1.00</answer>" and answers[-1] == "<answer>5.00</answer>"
-    assert [parse_score(a) for a in answers[:3]] == [1.0, 1.01, 1.02]
+def test_allowed_answers_are_the_models_own_formats():
+    answers = allowed_answers()
+    assert len(answers) == len(set(answers)) == 5 + 41 + 401
+    assert {"<answer>2.0</answer>", "<answer>3</answer>", "<answer>4.25</answer>", "<answer>5.00</answer>"} <= set(answers)
+    assert not {"<answer>5.5</answer>", "<answer>0.5</answer>", "<answer>6</answer>", "<answer>2.345</answer>"} & set(answers)
+    scores = [parse_score(a) for a in answers]
+    assert min(scores) == 1.0 and max(scores) == 5.0
     assert clamp_score(9) == 5.0

@@ -8,10 +8,12 @@ import torch
 
 from ml_backend.errors import ModelNotFoundError
 from ml_backend.model.loading import DIFFICULTY_ADAPTER, choose_runtime, load_model, resolve_model
-from ml_backend.model.vision_attention import _segment_runs, use_segmented_vision_attention
 from ml_backend.scoring.constraint import AnswerTrie
 from ml_backend.scoring.inputs import PreparedVideo, PromptEncoder
 from ml_backend.video.decoding import decode_video
+from tests.media import CHAT_TEMPLATE_GOLDEN, reference_prompts
+
+REFERENCE_PROMPTS = reference_prompts()
 
 
 @pytest.fixture(scope="module")
@@ -119,32 +121,22 @@ def test_prompt_inputs_match_the_hugging_face_processor(loaded, shared_videos):
     ours = encoder.encode("difficulty", [prepared])
 
     text = encoder.render("difficulty")
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
-    assert "Video 1: <|vision_start|><|video_pad|><|vision_end|>You are doing the video quality" in text
-    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert text == REFERENCE_PROMPTS["difficulty"]
     theirs = loaded.processor(text=[text], videos=[video.frames], return_tensors="pt")
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.equal(ours["video_grid_thw"], theirs["video_grid_thw"])
     assert torch.allclose(ours["pixel_values_videos"], theirs["pixel_values_videos"], atol=1e-6)
 
 
-def test_segmented_vision_attention_equals_dense_attention(tiny_model, shared_videos):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def test_tiny_model_ships_the_official_chat_template(tiny_model):
+    from ml_backend.model.tiny import chat_template
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_model[0]), attn_implementation="sdpa")
-    video = decode_video(shared_videos / "bikes.mp4")
-    from ml_backend.video.patches import video_patches
-
-    patches, grid = video_patches(video.frames)
-    x, g = torch.from_numpy(patches), torch.from_numpy(grid)[None]
-    with torch.inference_mode():
-        dense = model.visual(x, grid_thw=g)
-        assert use_segmented_vision_attention(model) == 2
-        segmented = model.visual(x, grid_thw=g)
-    assert torch.allclose(dense, segmented, atol=1e-5)
-    assert not torch.equal(dense, torch.zeros_like(dense))
+    official = json.loads(CHAT_TEMPLATE_GOLDEN.read_text())["chat_template"]
+    assert chat_template() == official
+    assert (tiny_model[0] / "chat_template.jinja").read_text() == official
 
 
-def test_segment_runs_group_equal_neighbours():
-    assert _segment_runs(torch.tensor([0, 4, 8, 12, 14, 14, 18])) == [(0, 4, 3), (12, 2, 1), (14, 4, 1)]
-    assert np.sum([length * count for _, length, count in _segment_runs(torch.tensor([0, 5, 10]))]) == 10
+@pytest.mark.parametrize("task", ["difficulty", "quality"])
+def test_rendered_prompts_equal_the_reference(loaded, task):
+    config = loaded.model.get_base_model().config
+    assert PromptEncoder(loaded.processor, config.video_token_id).render(task) == REFERENCE_PROMPTS[task]

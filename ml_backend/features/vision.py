@@ -25,6 +25,11 @@ def vision_tower(loaded: LoadedModel):
     return getattr(base, "visual", None) or base.model.visual
 
 
+def merged_tokens(output):
+    """The tower's merged visual tokens (transformers 5 wraps them as ``pooler_output``)."""
+    return getattr(output, "pooler_output", output)
+
+
 class VisionFeatureExtractor:
     name = "vision"
 
@@ -41,7 +46,7 @@ class VisionFeatureExtractor:
         grids = np.stack([v.grid_thw for v in videos])
         with self.loaded.lock, torch.inference_mode():
             tokens = self.tower(patches, grid_thw=torch.from_numpy(grids).to(runtime.device))
-        return pool_temporal_patches(tokens.float().cpu().numpy(), grids, self.loaded.layout.merge_size)
+        return pool_temporal_patches(merged_tokens(tokens).float().cpu().numpy(), grids, self.loaded.layout.merge_size)
 
 
 @contextlib.contextmanager
@@ -51,7 +56,7 @@ def capture_vision_features(loaded: LoadedModel, grids: np.ndarray) -> Iterator[
 
     def hook(_module, _inputs, output):
         if not captured:  # the tower runs once per generate call (prefill)
-            captured.extend(pool_temporal_patches(output.detach().float().cpu().numpy(), grids,
+            captured.extend(pool_temporal_patches(merged_tokens(output).detach().float().cpu().numpy(), grids,
                                                   loaded.layout.merge_size))
 
     handle = vision_tower(loaded).register_forward_hook(hook)

@@ -17,7 +17,6 @@ from ..errors import ModelNotFoundError
 from ..settings import Settings
 from ..video.patches import PatchLayout
 from .sources import ModelSource, resolve_source
-from .vision_attention import use_segmented_vision_attention
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +197,6 @@ def load_model(settings: Settings) -> LoadedModel:
     except Exception as exc:
         raise ModelNotFoundError(f"base model {settings.base!r}: cannot load weights from {base.path}: {exc}") from exc
     model.to(runtime.device)
-    use_segmented_vision_attention(model)
     try:
         model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
                                           is_trainable=False)

@@ -19,31 +19,13 @@ SPECIAL_TOKENS = [
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 
-# The Qwen2.5-VL conversation format, written for this project: system turn, user turn with
-# "Video N: " ids when add_vision_id is set, generation prompt.
-CHAT_TEMPLATE = (
-    "{% set counts = namespace(image=0, video=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part %}"
-    "{% set counts.image = counts.image + 1 %}"
-    "{% if add_vision_id %}Picture {{ counts.image }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "{% set counts.video = counts.video + 1 %}"
-    "{% if add_vision_id %}Video {{ counts.video }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The chat template the real checkpoints inherit (official Qwen2.5-VL template, kept verbatim
+# as data; tests check it against shared/golden), so the tiny model renders prompts as they do.
+CHAT_TEMPLATE_FILE = Path(__file__).with_name("qwen2_5_vl_chat_template.jinja")
+
+
+def chat_template() -> str:
+    return CHAT_TEMPLATE_FILE.read_text(encoding="utf-8")
 
 
 def _corpus() -> list[str]:
@@ -69,7 +51,7 @@ def build_tokenizer():
     tokenizer = Qwen2TokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token=None, bos_token=None)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template()
     return tokenizer
 
 
@@ -78,7 +60,7 @@ def write_tiny_model(directory: str | Path, *, seed: int = 0) -> tuple[Path, Pat
     import torch
     from peft import get_peft_model
     from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
     directory = Path(directory)
     base_dir, adapter_dir = directory / "base", directory / "adapter"
@@ -108,7 +90,7 @@ def write_tiny_model(directory: str | Path, *, seed: int = 0) -> tuple[Path, Pat
     )
     model.save_pretrained(base_dir)
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-                                    chat_template=CHAT_TEMPLATE)
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=chat_template())
     processor.save_pretrained(base_dir)
 
     # init_lora_weights=False: random A and B, so the adapter really changes the answers.

@@ -1,15 +1,17 @@
-"""Constrained decoding to the fixed answer format ``<answer>d.dd</answer>``.
+"""Constrained decoding to the answer formats the models write: ``<answer>`` 1-5 ``</answer>``.
 
-Every allowed answer is tokenized once into a prefix tree; at each step the model may
-only continue along the tree, then must stop. Greedy search along it is deterministic,
-needs at most a dozen steps, and always yields a parseable score, even from a random model.
+Every allowed answer (no, one or two decimals: ``3``, ``3.0``, ``3.25``) is tokenized once
+into a prefix tree; at each step the model may only continue along the tree, then must
+stop. Greedy search along it is deterministic, needs at most a dozen steps, always yields
+a parseable score, and equals the unconstrained greedy answer whenever that one is valid:
+the constraint only removes tokens the model did not prefer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..answers import canonical_answers
+from ..answers import allowed_answers
 
 
 class AnswerTrie:
@@ -28,7 +30,7 @@ class AnswerTrie:
 
     @classmethod
     def for_tokenizer(cls, tokenizer, end_ids: Sequence[int]) -> "AnswerTrie":
-        answers = canonical_answers()
+        answers = allowed_answers()
         encoded = tokenizer(answers, add_special_tokens=False)["input_ids"]
         return cls(encoded, end_ids)
 

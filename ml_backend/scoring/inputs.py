@@ -34,22 +34,23 @@ class PreparedVideo:
 class PromptEncoder:
     """Renders the checkpoint's chat template for a task and expands the video placeholder."""
 
-    def __init__(self, processor, video_token_id: int, merge_size: int = 2, *, vision_id: bool = True) -> None:
+    def __init__(self, processor, video_token_id: int, merge_size: int = 2) -> None:
         self.tokenizer = processor.tokenizer
-        # The processor's template, rendered by the tokenizer: transformers 4.51's processor
-        # drops template kwargs such as add_vision_id, the tokenizer passes them through.
         self.chat_template = getattr(processor, "chat_template", None) or self.tokenizer.chat_template
         self.video_token_id = int(video_token_id)
         self.video_token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
         self.merge_size = merge_size
-        self.vision_id = vision_id  # inference prompts carry "Video 1: ", training prompts did not
         self._halves: dict[str, tuple[list[int], list[int]]] = {}
 
     def render(self, task: Task) -> str:
-        """The prompt text, with the vision id ("Video 1: ") when asked, as the reference renders it."""
+        """The prompt text exactly as the reference renders it (one video placeholder, no "Video 1: ").
+
+        The reference asks for ``add_vision_id=True``, but its processor (transformers 4.49)
+        drops that argument, so the checkpoints never saw a vision id (SPEC 2).
+        """
         return self.tokenizer.apply_chat_template(
             video_messages(task), chat_template=self.chat_template, tokenize=False,
-            add_generation_prompt=True, add_vision_id=self.vision_id,
+            add_generation_prompt=True, add_vision_id=False,
         )
 
     def prompt_ids(self, task: Task, grid_thw: np.ndarray) -> list[int]:

@@ -79,7 +79,7 @@ class Policy:
         self.device = torch.device(runtime.device)
         config = model.get_base_model().config
         # Training prompts carry no "Video 1: " id (SPEC section 2).
-        self.prompts = PromptEncoder(processor, int(config.video_token_id), self.layout.merge_size, vision_id=False)
+        self.prompts = PromptEncoder(processor, int(config.video_token_id), self.layout.merge_size)
         generation = model.get_base_model().generation_config
         eos = generation.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]

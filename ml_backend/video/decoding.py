@@ -1,15 +1,21 @@
 """Reading sampled frames from a video file with decord, at the model's input size.
 
-decord (the maintained ``decord2`` distribution) can scale inside FFmpeg while it
-converts from YUV. That saves the full-resolution RGB copy (time and memory) on real
-downscales; elsewhere frames are decoded at source size and resized with the
-reference's kernel. benchmarks/video_decode.py measures both against the reference.
+Exact by default: frames are decoded at source size and resized with the reference's
+own kernel (torchvision's bicubic antialiased uint8 resize), a few frames at a time so
+memory stays bounded. decord (the maintained ``decord2`` distribution) can instead
+scale inside FFmpeg (``VideoSettings.resize = "decoder"``): faster on real downscales,
+but the pixels differ, so it is an opt-in mode with its own cache key.
+
+One pass can serve two consumers: the scorer's sampled frames and, through
+``every_frame``, each decoded frame at source size (the selection features), so a
+video is decoded once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,18 +28,25 @@ from .sampling import SamplingPlan, plan_sampling
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".yuv"})
 
 
-# Scale inside FFmpeg only for real downscales: there it skips a full-size RGB copy. For
-# upscales and mild changes, re-opening the file costs more than resizing (benchmarks/).
+# In "decoder" mode, scale inside FFmpeg only for real downscales: there it skips a
+# full-size RGB copy. For upscales and mild changes, re-opening the file costs more.
 IN_DECODER_SCALE_BELOW = 0.5
+# Frames decoded (at source size) per step: bounds memory for long or large videos. The
+# resize treats every frame on its own, so the chunk size never changes a pixel.
+DECODE_CHUNK = 16
+
+FrameSink = Callable[[np.ndarray, int], None]
+"""Receives (frames uint8 (n, H, W, 3) at source size, index of the first) for every frame, in order."""
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bicubic, antialiased resize of uint8 frames: the reference's own resize kernel."""
+    """The reference's resize: torchvision bicubic, antialiased, on uint8 (T, C, H, W), back to uint8."""
     import torch
-    import torch.nn.functional as F
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
 
-    batch = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    resized = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    batch = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    resized = resize(batch, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
 
 
@@ -108,8 +121,12 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
     return VideoProbe(len(reader), float(reader.get_avg_fps()), int(height), int(width))
 
 
-def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None) -> DecodedVideo:
-    """Sampled frames of ``path`` at the reference size; raises :class:`VideoError` on any defect."""
+def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None, *,
+                 every_frame: FrameSink | None = None) -> DecodedVideo:
+    """Sampled frames of ``path`` at the reference size; raises :class:`VideoError` on any defect.
+
+    ``every_frame``: also hand every decoded frame (source size, in order) to this sink.
+    """
     settings = settings or VideoSettings()
     path = Path(path)
     _check_file(path)
@@ -133,24 +150,56 @@ def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None)
             total, fps, height, width,
             fps=settings.fps, min_frames=settings.min_frames, max_frames=settings.max_frames,
             min_pixels=settings.min_pixels, max_pixels=settings.max_pixels, total_pixels=settings.total_pixels,
+            second_per_grid=settings.second_per_grid,
         )
     except ValueError as exc:
         raise VideoError(f"{path}: {exc}") from exc
 
-    scale_in_decoder = plan.height * plan.width < height * width * IN_DECODER_SCALE_BELOW
-    if scale_in_decoder:
+    if every_frame is None and settings.resize == "decoder" and \
+            plan.height * plan.width < height * width * IN_DECODER_SCALE_BELOW:
         del reader
         reader = _open(path, width=plan.width, height=plan.height)
-    try:
-        frames = reader.get_batch(list(plan.indices)).asnumpy()
-    except Exception as exc:
-        raise VideoError(f"{path}: decoding failed, the file may be truncated ({_short(exc)})") from exc
-    if not scale_in_decoder and (plan.height, plan.width) != (height, width):
-        frames = resize_frames(frames, plan.height, plan.width)
+        frames = _read(path, reader, list(plan.indices))
+    else:
+        frames = _read_resized(path, reader, plan, probe, every_frame)
     if frames.shape != (plan.num_frames, plan.height, plan.width, 3):
         raise VideoError(f"{path}: decoder returned frames of shape {frames.shape}, expected "
                          f"{(plan.num_frames, plan.height, plan.width, 3)}")
     return DecodedVideo(frames, plan, probe)
+
+
+def _read(path: Path, reader, indices: list[int]) -> np.ndarray:
+    try:
+        return reader.get_batch(indices).asnumpy()
+    except Exception as exc:
+        raise VideoError(f"{path}: decoding failed, the file may be truncated ({_short(exc)})") from exc
+
+
+def _read_resized(path: Path, reader, plan: SamplingPlan, probe: VideoProbe,
+                  every_frame: FrameSink | None) -> np.ndarray:
+    """Sampled frames at the planned size, decoded a chunk at a time (every frame when a sink wants them)."""
+    out = np.empty((plan.num_frames, plan.height, plan.width, 3), dtype=np.uint8)
+    resize = (plan.height, plan.width) != (probe.height, probe.width)
+    total = probe.total_frames
+    wanted = list(plan.indices)
+    done = 0
+    if every_frame is None:
+        chunks = [wanted[i:i + DECODE_CHUNK] for i in range(0, len(wanted), DECODE_CHUNK)]
+    else:
+        chunks = [list(range(i, min(total, i + DECODE_CHUNK))) for i in range(0, total, DECODE_CHUNK)]
+    for chunk in chunks:
+        frames = _read(path, reader, chunk)
+        if every_frame is not None:
+            every_frame(frames, chunk[0])
+            picked = [i - chunk[0] for i in wanted[done:] if i <= chunk[-1]]
+            frames = frames[picked]
+        if len(frames) == 0:
+            continue
+        out[done:done + len(frames)] = resize_frames(frames, plan.height, plan.width) if resize else frames
+        done += len(frames)
+    if done != plan.num_frames:
+        raise VideoError(f"{path}: decoded {done} of the {plan.num_frames} sampled frames")
+    return out
 
 
 def find_videos(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:

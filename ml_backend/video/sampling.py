@@ -1,18 +1,23 @@
 """Frame count, frame indices and frame size, exactly as the reference samples videos (SPEC 3).
 
-Pure arithmetic, no I/O: the decoder asks this module what to read.
+Pure arithmetic, no I/O: the decoder asks this module what to read. Exact means the
+reference's own number types too: indices come from a float32 ``torch.linspace`` rounded
+half to even, and the per-frame pixel ceiling stays a float (only the area comparison
+uses it), so that every size and index equals qwen-vl-utils 0.0.10's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Literal
 
 FRAME_FACTOR = 2  # frames come in pairs (temporal patch 2)
 SIZE_FACTOR = 28  # patch 14 x spatial merge 2
 MAX_ASPECT_RATIO = 200
+# The processor's default frame rate. The reference never passes the sampled fps to the
+# processor, so every video gets second_per_grid_ts = FRAME_FACTOR / PROCESSOR_FPS = 1.0.
+PROCESSOR_FPS = 2.0
 
 
 def _round_to(value: float, factor: int) -> int:
@@ -35,15 +40,12 @@ class SamplingPlan:
     height: int
     width: int
     sample_fps: float
+    seconds_per_grid: float = FRAME_FACTOR / PROCESSOR_FPS
+    """``second_per_grid_ts``: the temporal RoPE spacing the model is given (reference: 1.0)."""
 
     @property
     def num_frames(self) -> int:
         return len(self.indices)
-
-    @property
-    def seconds_per_grid(self) -> float:
-        """Seconds covered by one temporal patch (``second_per_grid_ts``)."""
-        return FRAME_FACTOR / self.sample_fps
 
 
 def frame_count(total_frames: int, video_fps: float, *, fps: float = 2.0,
@@ -63,17 +65,26 @@ def frame_count(total_frames: int, video_fps: float, *, fps: float = 2.0,
 
 
 def frame_indices(total_frames: int, count: int) -> tuple[int, ...]:
-    """Evenly spaced frame indices from first to last frame (round half to even)."""
-    return tuple(int(i) for i in np.round(np.linspace(0, total_frames - 1, count)))
+    """Evenly spaced frame indices from first to last frame.
+
+    float32 ``torch.linspace`` then round half to even, as the reference: float64 spacing
+    picks a different frame wherever a position lands near .5 in float32.
+    """
+    import torch
+
+    return tuple(torch.linspace(0, total_frames - 1, count, dtype=torch.float32).round().long().tolist())
 
 
-def frame_max_pixels(count: int, *, min_pixels: int, max_pixels: int, total_pixels: int) -> int:
-    """Per-frame area ceiling: the per-frame cap, shrunk so all frames fit the total budget."""
+def frame_max_pixels(count: int, *, min_pixels: int, max_pixels: int, total_pixels: int) -> float:
+    """Per-frame area ceiling: the per-frame cap, shrunk so all frames fit the total budget.
+
+    A float, as in the reference: truncating it would shrink some frames by one step of 28.
+    """
     budget = min(max_pixels, total_pixels / count * FRAME_FACTOR)
-    return int(max(budget, int(min_pixels * 1.05)))
+    return max(budget, int(min_pixels * 1.05))
 
 
-def smart_resize(height: int, width: int, *, min_pixels: int, max_pixels: int,
+def smart_resize(height: int, width: int, *, min_pixels: float, max_pixels: float,
                  factor: int = SIZE_FACTOR) -> tuple[int, int]:
     """Target (height, width): aspect kept, sides multiples of ``factor``, area in [min, max]."""
     if height <= 0 or width <= 0:
@@ -96,9 +107,17 @@ def smart_resize(height: int, width: int, *, min_pixels: int, max_pixels: int,
 def plan_sampling(total_frames: int, video_fps: float, height: int, width: int, *,
                   fps: float = 2.0, min_frames: int = 4, max_frames: int = 768,
                   min_pixels: int = 128 * 28 * 28, max_pixels: int = 768 * 28 * 28,
-                  total_pixels: int = 90_316_800) -> SamplingPlan:
+                  total_pixels: int = 90_316_800,
+                  second_per_grid: Literal["reference", "sampled"] = "reference") -> SamplingPlan:
+    """What to read from a video and at which size.
+
+    ``second_per_grid``: "reference" gives every video 1.0 s per temporal patch, as the
+    published checkpoints were trained and evaluated; "sampled" gives the true spacing
+    (2 / sampled fps), for checkpoints trained that way.
+    """
     count = frame_count(total_frames, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
     ceiling = frame_max_pixels(count, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
     new_h, new_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=ceiling)
     sample_fps = count / total_frames * video_fps
-    return SamplingPlan(frame_indices(total_frames, count), new_h, new_w, sample_fps)
+    spacing = FRAME_FACTOR / (PROCESSOR_FPS if second_per_grid == "reference" else sample_fps)
+    return SamplingPlan(frame_indices(total_frames, count), new_h, new_w, sample_fps, spacing)
