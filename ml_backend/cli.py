@@ -17,6 +17,7 @@ from . import __version__
 COMMANDS: list[tuple[str, str]] = [
     ("score", "score"),
     ("features", "features"),
+    ("inputs", "inputs"),
     ("select", "select"),
     ("report", "report"),
     ("demo", "demo"),

@@ -84,6 +84,40 @@ def test_cache_key_changes_with_settings_that_change_the_answer(settings_factory
     sampled = DifficultyScorer.from_settings(settings_factory(decoding="sample", num_samples=2))
     assert fewer_frames.cached_result(path) is None
     assert sampled.cached_result(path) is None
+    for video in (VideoSettings(resize="decoder"), VideoSettings(second_per_grid="sampled")):
+        assert DifficultyScorer.from_settings(settings_factory(video=video)).cached_result(path) is None
+
+
+def test_scores_cached_for_the_old_model_input_are_not_served(settings_factory, shared_videos):
+    """Entries written before the exact-input pipeline (prompt version 1) must miss."""
+    from ml_backend.fileio import file_digest
+    from ml_backend.scoring import DifficultyScorer
+    from ml_backend.scoring.cache import CachedScore, ScoreCache, cache_key
+
+    settings = settings_factory()
+    scorer = DifficultyScorer.from_settings(settings)
+    path = shared_videos / "carphone_distorted.mp4"
+    old_video = settings.video.model_dump(exclude={"max_side", "resize", "second_per_grid"})
+    old = {**scorer.identity(), "prompt_version": 1, "video": old_video}
+    cache = ScoreCache(settings.cache_path)
+    cache.put(cache_key(file_digest(path), old), CachedScore(4.44, "<answer>4.44</answer>", "old"))
+    assert len(cache) == 1
+    assert scorer.cached_result(path) is None
+
+
+def test_score_and_serve_render_the_reference_difficulty_prompt(settings_factory):
+    """What the scorers of `score` and `serve` really send, built from the settings as those commands do."""
+    from ml_backend.scoring import DifficultyScorer
+    from ml_backend.server.service import _load_real_scorer
+    from tests.media import reference_prompts
+
+    expected = reference_prompts()["difficulty"]
+    for scorer in (DifficultyScorer.from_settings(settings_factory()), _load_real_scorer(settings_factory())):
+        assert scorer.task == "difficulty"
+        assert scorer.generator.encoder.render(scorer.task) == expected
+        ids = scorer.generator.encoder.prompt_ids(scorer.task, __import__("numpy").array([1, 2, 2]))
+        text = scorer.loaded.tokenizer.decode(ids)
+        assert text == expected  # one placeholder for a 1x2x2 grid: the exact text goes to the model
 
 
 def test_resume_keeps_existing_scores_and_retries_failures(score, shared_videos, tmp_path):

@@ -25,17 +25,91 @@ def test_bikes_sampling_matches_the_reference_arithmetic(shared_videos):
     assert (video.plan.height, video.plan.width) == (280, 644)  # upscaled to reach min_pixels
 
 
-def test_decoding_at_target_size_is_close_to_full_decode_then_resize(shared_videos):
+def test_default_decode_is_full_decode_then_the_reference_resize(shared_videos):
     import decord
-    from PIL import Image
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
 
-    video = decode_video(shared_videos / "bigbuckbunny.mp4")
-    full = decord.VideoReader(str(shared_videos / "bigbuckbunny.mp4")).get_batch(list(video.plan.indices)).asnumpy()
-    reference = np.stack([
-        np.asarray(Image.fromarray(f).resize((video.plan.width, video.plan.height), Image.BICUBIC)) for f in full
-    ])
-    difference = np.abs(video.frames.astype(np.int16) - reference.astype(np.int16)).mean()
-    assert difference < 3.0, f"mean absolute difference {difference:.2f} of 255"
+    path = shared_videos / "bigbuckbunny.mp4"  # 1280x720: a real downscale
+    video = decode_video(path)
+    full = decord.VideoReader(str(path)).get_batch(list(video.plan.indices)).asnumpy()
+    expected = resize(torch.from_numpy(full).permute(0, 3, 1, 2), [video.plan.height, video.plan.width],
+                      interpolation=InterpolationMode.BICUBIC, antialias=True).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(video.frames, expected)
+
+
+def test_decoder_scaling_is_opt_in_close_but_not_equal(shared_videos):
+    path = shared_videos / "bigbuckbunny.mp4"
+    exact = decode_video(path, VideoSettings(max_pixels=200_000))  # 1280x720 -> under half the area
+    fast = decode_video(path, VideoSettings(max_pixels=200_000, resize="decoder"))
+    assert fast.frames.shape == exact.frames.shape
+    difference = np.abs(fast.frames.astype(np.int16) - exact.frames.astype(np.int16))
+    assert 0 < difference.mean() < 3.0
+
+
+def test_resize_is_the_same_frame_by_frame_and_in_a_batch(shared_videos):
+    from ml_backend.video.decoding import resize_frames
+
+    frames = decode_video(shared_videos / "bikes.mp4", VideoSettings(max_pixels=100352 * 4)).frames[:5]
+    batch = resize_frames(frames, 140, 322)
+    one_by_one = np.concatenate([resize_frames(frame[None], 140, 322) for frame in frames])
+    assert np.array_equal(batch, one_by_one)
+
+
+def test_every_frame_sink_sees_each_frame_once_and_changes_nothing(shared_videos):
+    path = shared_videos / "carphone_pristine.mp4"  # 120 frames
+    seen: list[int] = []
+    chunks: list[np.ndarray] = []
+
+    def sink(frames: np.ndarray, first: int) -> None:
+        seen.extend(range(first, first + len(frames)))
+        chunks.append(frames.copy())
+
+    with_sink = decode_video(path, every_frame=sink)
+    assert seen == list(range(120))
+    assert np.array_equal(with_sink.frames, decode_video(path).frames)
+    every = np.concatenate(chunks)
+    assert every.shape == (120, 144, 176, 3)
+    import decord
+
+    assert np.array_equal(every[list(with_sink.plan.indices)],
+                          decord.VideoReader(str(path)).get_batch(list(with_sink.plan.indices)).asnumpy())
+
+
+BITS = 10
+
+
+def _index_video(path, count: int, fps: float):
+    """A clip whose frame i shows i in binary: BITS black or white columns (survive compression)."""
+    height, width = 64, 16 * BITS
+    frames = np.zeros((count, height, width, 3), dtype=np.uint8)
+    for i in range(count):
+        for bit in range(BITS):
+            if i >> bit & 1:
+                frames[i, :, bit * 16:(bit + 1) * 16] = 255
+    return encode_video(path, frames, fps=fps)
+
+
+def _read_indices(frames: np.ndarray) -> list[int]:
+    width = frames.shape[2]
+    centres = [int((bit + 0.5) * width / BITS) for bit in range(BITS)]
+    on = frames[:, frames.shape[1] // 2, centres, :].mean(axis=-1) > 128
+    return [int(sum(1 << bit for bit in range(BITS) if row[bit])) for row in on]
+
+
+@pytest.mark.parametrize("count, fps, expected", [
+    (4, 25, [0, 1, 2, 3]),  # four frames: all
+    (35, 10, [0, 7, 14, 20, 27, 34]),  # 7 wanted -> 6 (down to even), spread from first to last
+    (10, 1, list(range(10))),  # slower than 2 fps: every frame up to the last
+    (9, 1, [0, 1, 2, 3, 5, 6, 7, 8]),  # 9 frames -> 8, round half to even at 4.0 / 4.57
+    (250, 25, [0, 13, 26, 39, 52, 66, 79, 92, 105, 118, 131, 144, 157, 170, 183, 197, 210, 223, 236, 249]),
+])
+def test_decoded_frames_are_the_planned_frame_indices(tmp_path, count, fps, expected):
+    path = _index_video(tmp_path / f"index_{count}_{fps}.mp4", count, fps)
+    video = decode_video(path)
+    assert list(video.plan.indices) == expected
+    assert _read_indices(video.frames) == expected
 
 
 def test_frame_settings_are_honoured(shared_videos):

@@ -51,10 +51,47 @@ def test_frame_indices_are_spread_from_first_to_last():
     assert frame_indices(600, 40)[1] == 15
 
 
+def test_frame_indices_use_float32_linspace_like_the_reference():
+    # From ~8 minutes at 25 fps float32 and float64 spacing pick different frames; the
+    # reference (torch.linspace, float32) takes frame 8496 of 12342 where float64 gives 8495.
+    indices = frame_indices(12342, 768)
+    assert 8496 in indices and 8495 not in indices
+    float64 = [int(i) for i in np.round(np.linspace(0, 12341, 768))]
+    assert [a - b for a, b in zip(indices, float64) if a != b] == [1]
+    assert indices[0] == 0 and indices[-1] == 12341 and len(set(indices)) == 768
+
+
+def test_float_pixel_budget_changes_the_size_where_truncation_would():
+    # 500 frames (250 s) of 720x576: budget 361267.2 pixels; an int() budget gives 532x644
+    plan = plan_sampling(500 * 25 // 2, 25.0, 576, 720)
+    assert plan.num_frames == 500
+    assert (plan.height, plan.width) == (532, 672)
+
+
+@pytest.mark.parametrize("total, video_fps, count", [
+    (4, 25.0, 4),  # four frames in all: every one of them
+    (35, 10.0, 7 - 1),  # 7 wanted: odd counts round down to even, never up
+    (87, 25.0, 6),  # 6.96 wanted
+    (10, 1.0, 10),  # slower than 2 fps: all frames, the limit is total_frames itself
+    (9, 1.0, 8),  # ... floored to even
+])
+def test_frame_count_edge_cases(total, video_fps, count):
+    assert frame_count(total, video_fps) == count
+
+
+def test_seconds_per_grid_is_the_reference_spacing_unless_asked():
+    assert plan_sampling(250, 25.0, 272, 640).seconds_per_grid == 1.0
+    assert plan_sampling(300, 30.0, 272, 640).seconds_per_grid == 1.0
+    # the true spacing: 2 frames / sampled fps (20 frames over 10 s: 2 fps -> 1 s; 60 fps clip: same)
+    assert plan_sampling(250, 25.0, 272, 640, second_per_grid="sampled").seconds_per_grid == pytest.approx(1.0)
+    slow = plan_sampling(10, 1.0, 272, 640, second_per_grid="sampled")  # 10 frames over 10 s
+    assert slow.seconds_per_grid == pytest.approx(2.0)
+
+
 def test_pixel_budget_shrinks_with_many_frames():
     assert frame_max_pixels(40, min_pixels=100352, max_pixels=602112, total_pixels=90316800) == 602112
-    many = frame_max_pixels(768, min_pixels=100352, max_pixels=602112, total_pixels=90316800)
-    assert many == int(90316800 / 768 * 2)
+    many = frame_max_pixels(766, min_pixels=100352, max_pixels=602112, total_pixels=90316800)
+    assert many == 90316800 / 766 * 2  # a float, as in the reference: no truncation
     tiny_budget = frame_max_pixels(768, min_pixels=100352, max_pixels=602112, total_pixels=1000)
     assert tiny_budget == int(100352 * 1.05)
 

@@ -169,6 +169,26 @@ def patch_layout(processor) -> PatchLayout:
     )
 
 
+def _processor(base: ModelSource, name: str):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"base model {name!r}: cannot load the processor (tokenizer, chat template, "
+            f"preprocessor_config.json) from {base.path}: {exc}"
+        ) from exc
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_processor(settings: Settings):
+    """Only the base model's processor (tokenizer, chat template, patch constants): no weights."""
+    base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
+    return _processor(base, settings.base)
+
+
 def load_model(settings: Settings) -> LoadedModel:
     """Resolve, load and wrap base + difficulty adapter. Slow (seconds to minutes): call once."""
     spec = resolve_model(settings)
@@ -176,21 +196,14 @@ def load_model(settings: Settings) -> LoadedModel:
 
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    try:
-        processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"base model {settings.base!r}: cannot load the processor (tokenizer, chat template, "
-            f"preprocessor_config.json) from {base.path}: {exc}"
-        ) from exc
-    processor.tokenizer.padding_side = "left"
+    processor = _processor(base, settings.base)
 
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(base.path),
-            torch_dtype=getattr(torch, runtime.dtype),
+            dtype=getattr(torch, runtime.dtype),
             attn_implementation=runtime.attention,
             local_files_only=True,
         )

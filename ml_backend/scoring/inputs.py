@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..prompts import Task, video_messages
-from ..video.decoding import DecodedVideo
+from ..settings import VideoSettings
+from ..video.decoding import DecodedVideo, decode_video
 from ..video.patches import PatchLayout, video_patches, video_token_count
 
 
@@ -29,6 +30,20 @@ class PreparedVideo:
     def from_decoded(cls, video: DecodedVideo, layout: PatchLayout) -> "PreparedVideo":
         patches, grid = video_patches(video.frames, layout)
         return cls(patches, grid, video.plan.seconds_per_grid)
+
+
+def model_input(path, video: VideoSettings, layout: PatchLayout) -> dict[str, np.ndarray]:
+    """Every array the model gets for one video, as ``mdsvqa inputs`` writes them (raises VideoError)."""
+    decoded = decode_video(path, video)
+    prepared = PreparedVideo.from_decoded(decoded, layout)
+    return {
+        "frames": decoded.frames,
+        "frame_indices": np.asarray(decoded.plan.indices, dtype=np.int64),
+        "pixel_values_videos": prepared.patches,
+        "video_grid_thw": prepared.grid_thw[None],
+        "second_per_grid_ts": np.asarray([prepared.seconds_per_grid], dtype=np.float64),
+        "num_video_tokens": np.int64(video_token_count(prepared.grid_thw, layout.merge_size)),
+    }
 
 
 class PromptEncoder:

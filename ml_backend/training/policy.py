@@ -105,7 +105,7 @@ class Policy:
         try:
             processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                str(base.path), torch_dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attention,
+                str(base.path), dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attention,
                 local_files_only=True)
         except Exception as exc:
             raise ModelNotFoundError(f"base model {settings.base!r}: cannot load from {base.path}: {exc}") from exc
