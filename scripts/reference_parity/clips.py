@@ -51,9 +51,10 @@ class ClipSpec:
     def x264_params(self) -> str:
         """Fixed x264 parameters: a fixed GOP and B-frame pattern, and no lookahead.
 
-        x264's lookahead (rc-lookahead, mb-tree, adaptive B-frames) reads uninitialised
-        padding of its low-resolution planes when a side is not a multiple of 16, which
-        made the bytes differ from one encode to the next; without it they are stable.
+        With x264's lookahead (rc-lookahead, mb-tree, adaptive B-frames), clips whose
+        sides are not multiples of 16 came out with different bytes from one encode to
+        the next in the same process (likely uninitialised padding read by the lookahead);
+        without it, repeated encodes are byte-identical.
         """
         return (
             f"keyint={self.keyint}:min-keyint={self.keyint}:scenecut=0:bframes={self.bframes}"
