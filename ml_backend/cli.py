@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("features", "features"),
     ("inputs", "inputs"),
     ("select", "select"),
+    ("evaluate", "evaluate"),
     ("report", "report"),
     ("demo", "demo"),
     ("tiny-model", "tiny_model"),

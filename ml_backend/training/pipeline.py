@@ -53,11 +53,8 @@ def _normalised(rows: list[LabelRow] | tuple[LabelRow, ...], mos_range: tuple[fl
 
 
 def _metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, Any] | None:
-    """SRCC/PLCC over the videos that got a prediction; None when fewer than three did."""
+    """The reference's SRCC/PLCC over the videos that got a prediction (``None`` metrics with a reason)."""
     ok = np.isfinite(predictions) & np.isfinite(targets)
-    if ok.sum() < 3:
-        return {"srcc": None, "plcc": None, "count": int(ok.sum()), "total": int(len(predictions)),
-                "fit": "none", "note": "fewer than three videos got a parseable score"}
     result = evaluate(predictions[ok], targets[ok]).to_json()
     result["total"] = int(len(predictions))
     return result
@@ -66,7 +63,7 @@ def _metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, Any] | N
 def _better(before: dict | None, after: dict | None, *, ties: bool = False) -> bool:
     """Held-out SRCC after training beats (``ties``: at least matches) the one before.
 
-    No SRCC after training (fewer than three parseable predictions) is never better; no
+    No SRCC after training (too few parseable predictions) is never better; no
     SRCC before, with one after, is.
     """
     b = (before or {}).get("srcc")
