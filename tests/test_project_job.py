@@ -99,7 +99,7 @@ def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, sh
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = Settings(base=str(tiny_model_dir / "base"), adapter=str(tiny_model_dir / "adapter"), offline=True,
-                        device="cpu", training={"max_frames": 4, "max_pixels": 56 * 56, "max_new_tokens": 4})
+                        device="cpu", training={"max_frames": 4, "frame_side": 56, "max_new_tokens": 4})
     store = VersionStore(tmp_path / "models")
     quality = store.publish_folder("quality", tiny_model_dir / "adapter")
     for f_version in (None, quality):

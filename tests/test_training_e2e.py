@@ -32,7 +32,7 @@ LABEL_CONFIG = (REPO / "label_config.xml").read_text()
 AUTH = ("label-studio", "e2e-training-password")
 SMALL_VIDEO = {"MDSVQA_VIDEO_MAX_FRAMES": "8", "MDSVQA_VIDEO_MAX_PIXELS": str(16 * 28 * 28),
                "MDSVQA_VIDEO_MIN_PIXELS": str(4 * 28 * 28)}
-TRAINING = {"max_steps": 1, "max_frames": 4, "max_pixels": 56 * 56, "max_new_tokens": 8, "group_size": 2,
+TRAINING = {"max_steps": 1, "max_frames": 4, "frame_side": 56, "max_new_tokens": 8, "group_size": 2,
             "videos_per_step": 3, "learning_rate": 1e-3, "min_train_labels": 2, "min_held_out_labels": 3,
             "held_out_fraction": 0.5, "promote": "always"}
 TRAIN_ENV = {f"MDSVQA_TRAIN_{k.upper()}": str(v) for k, v in TRAINING.items()} | SMALL_VIDEO | {

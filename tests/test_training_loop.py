@@ -19,7 +19,7 @@ VIDEOS = sorted(SHARED_VIDEOS.glob("*.mp4"))
 
 
 def tiny_settings(root: Path, **training) -> Settings:
-    knobs = dict(max_frames=4, max_pixels=56 * 56, max_new_tokens=12, group_size=3, videos_per_step=4,
+    knobs = dict(max_frames=4, frame_side=56, max_new_tokens=12, group_size=3, videos_per_step=4,
                  max_steps=2, learning_rate=1e-3)
     knobs.update(training)
     return Settings(base=str(root / "base"), adapter=str(root / "adapter"), offline=True, device="cpu",

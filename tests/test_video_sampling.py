@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from ml_backend.video.patches import video_patches, video_token_count
 from ml_backend.video.sampling import (frame_count, frame_indices, frame_max_pixels, plan_sampling,
-                                       smart_resize)
+                                       smart_resize, training_plan)
 
 
 def test_spec_example_20s_1080p_gives_40_frames_at_560x1008():
@@ -140,3 +140,22 @@ def test_patches_reject_sizes_not_multiple_of_28():
         video_patches(np.zeros((2, 30, 56, 3), np.uint8))
     with pytest.raises(ValueError, match="expected"):
         video_patches(np.zeros((2, 28, 28), np.uint8))
+
+
+def test_training_plan_draws_sorted_frames_of_the_2fps_sample_squashed():
+    import random
+
+    plan = plan_sampling(600, 30.0, 1080, 1920)  # 40 frames at 560x1008
+    first = training_plan(plan, side=504, frames=14, rng=random.Random(7))
+    assert (first.height, first.width) == (504, 504) and first.num_frames == 14
+    assert list(first.indices) == sorted(first.indices) and set(first.indices) <= set(plan.indices)
+    assert first.seconds_per_grid == plan.seconds_per_grid == 1.0
+    rng = random.Random(7)
+    again = training_plan(plan, side=504, frames=14, rng=rng)
+    assert again.indices == first.indices  # seeded: reproducible
+    redrawn = training_plan(plan, side=504, frames=14, rng=rng)
+    assert redrawn.indices != again.indices  # the next step draws anew
+    few = plan_sampling(120, 29.97, 144, 176)  # 8 frames: all of them
+    assert training_plan(few, side=56, frames=14, rng=random.Random(0)).indices == few.indices
+    with pytest.raises(ValueError, match="multiple of 28"):
+        training_plan(plan, side=500, frames=14, rng=random.Random(0))

@@ -140,7 +140,7 @@ def train(policy, examples: Sequence[TrainExample], settings: TrainingSettings, 
             if step >= total:
                 return reports
             step += 1
-            report = _step(policy, optimizer, params, batch, settings, objective, task, step, total, epoch)
+            report = _step(policy, optimizer, params, batch, settings, objective, task, step, total, epoch, rng)
             if report is None:
                 continue
             reports.append(report)
@@ -152,13 +152,13 @@ def train(policy, examples: Sequence[TrainExample], settings: TrainingSettings, 
 
 
 def _step(policy, optimizer, params, batch, settings: TrainingSettings, objective: Objective, task: str,
-          step: int, total: int, epoch: int) -> StepReport | None:
+          step: int, total: int, epoch: int, rng: random.Random) -> StepReport | None:
     started = time.monotonic()
     count = _rollout_count(objective, settings)
     rollouts = []
     for example in batch:
         try:
-            prompt = policy.encode(example.video, task)
+            prompt = policy.encode(example.video, task, draw=rng)  # frames redrawn at every step
         except VideoError as exc:
             log.warning("step %d: skipping %s: %s", step, example.video, exc)
             continue

@@ -3,14 +3,16 @@
 Training needs things serving does not: sampled completions kept as token ids, and a
 differentiable forward that scores those tokens under the adapter (policy) and with
 the adapter disabled (the frozen reference for the KL term). One PEFT model gives
-both, so the 7B base is in memory once. Prompts follow the training reference: the
-checkpoint's chat template without the "Video 1:" vision id, frames capped at
-``MDSVQA_TRAIN_MAX_FRAMES`` and ``MDSVQA_TRAIN_MAX_PIXELS``.
+both, so the 7B base is in memory once. Prompts are the reference's (no "Video 1:" vision
+id); a training step sees the reference's training input (``MDSVQA_TRAIN_MAX_FRAMES``
+random sorted frames of the 2-fps sample, squashed to ``MDSVQA_TRAIN_FRAME_SIDE``),
+predictions the inference input.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from ..model.sources import ModelSource, resolve_source
 from ..prompts import Task
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
+from ..video.sampling import training_plan
 from ..scoring.inputs import PromptEncoder
 from ..video.patches import PatchLayout, video_patches
 from .rewards import parse_scores
@@ -53,28 +56,20 @@ class Completions:
     texts: list[str]
 
 
-def training_video_settings(settings: Settings) -> VideoSettings:
-    """The serving video settings with the training caps on frame count and frame area."""
-    ts = settings.training
-    max_pixels = min(settings.video.max_pixels, ts.max_pixels)
-    return settings.video.model_copy(update={
-        "max_frames": max(settings.video.min_frames, min(settings.video.max_frames, ts.max_frames)),
-        "max_pixels": max_pixels,
-        "min_pixels": min(settings.video.min_pixels, max_pixels),
-    })
-
-
 class Policy:
     """A Qwen2.5-VL base with one trainable LoRA adapter (named "default")."""
 
     def __init__(self, model: Any, processor: Any, runtime: Runtime, base: ModelSource,
-                 start_adapter: ModelSource | None, video_settings: VideoSettings) -> None:
+                 start_adapter: ModelSource | None, video_settings: VideoSettings, *,
+                 frames_per_step: int = 14, frame_side: int = 504) -> None:
         self.model = model
         self.processor = processor
         self.runtime = runtime
         self.base = base
         self.start_adapter = start_adapter
-        self.video_settings = video_settings
+        self.video_settings = video_settings  # inference sampling; training draws from its plan
+        self.frames_per_step = frames_per_step
+        self.frame_side = frame_side
         self.layout: PatchLayout = patch_layout(processor)
         self.device = torch.device(runtime.device)
         config = model.get_base_model().config
@@ -123,7 +118,8 @@ class Policy:
                 raise ModelNotFoundError(f"adapter {adapter!r}: cannot load from {start.path}: {exc}") from exc
         if base.is_tiny:
             log.warning(TINY_WARNING)
-        return cls(peft_model, processor, runtime, base, start, training_video_settings(settings))
+        return cls(peft_model, processor, runtime, base, start, settings.video,
+                   frames_per_step=settings.training.max_frames, frame_side=settings.training.frame_side)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -133,9 +129,18 @@ class Policy:
 
     # --- inputs ----------------------------------------------------------------------------------
 
-    def encode(self, video: Path, task: Task) -> VideoPrompt:
-        """Decode ``video`` at the training size and build its prompt (raises VideoError on bad files)."""
-        decoded = decode_video(video, self.video_settings)
+    def encode(self, video: Path, task: Task, draw: random.Random | None = None) -> VideoPrompt:
+        """Decode ``video`` and build its prompt (raises VideoError on bad files).
+
+        With ``draw`` (a training step): the reference's training input, ``frames_per_step``
+        frames drawn by ``draw`` from the 2-fps frames, squashed to ``frame_side``; without:
+        exactly the inference input, as serving gives it (held-out evaluation, f's scores).
+        """
+        adjust = None
+        if draw is not None:
+            def adjust(plan):
+                return training_plan(plan, side=self.frame_side, frames=self.frames_per_step, rng=draw)
+        decoded = decode_video(video, self.video_settings, adjust_plan=adjust)
         patches, grid = video_patches(decoded.frames, self.layout)
         ids = self.prompts.prompt_ids(task, grid)
         return VideoPrompt(

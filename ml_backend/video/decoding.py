@@ -122,10 +122,12 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
 
 
 def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None, *,
-                 every_frame: FrameSink | None = None) -> DecodedVideo:
+                 every_frame: FrameSink | None = None,
+                 adjust_plan: Callable[[SamplingPlan], SamplingPlan] | None = None) -> DecodedVideo:
     """Sampled frames of ``path`` at the reference size; raises :class:`VideoError` on any defect.
 
     ``every_frame``: also hand every decoded frame (source size, in order) to this sink.
+    ``adjust_plan``: change the inference plan before decoding (training draws frames from it).
     """
     settings = settings or VideoSettings()
     path = Path(path)
@@ -152,6 +154,8 @@ def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None,
             min_pixels=settings.min_pixels, max_pixels=settings.max_pixels, total_pixels=settings.total_pixels,
             second_per_grid=settings.second_per_grid,
         )
+        if adjust_plan is not None:
+            plan = adjust_plan(plan)
     except ValueError as exc:
         raise VideoError(f"{path}: {exc}") from exc
 

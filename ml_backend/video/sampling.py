@@ -9,7 +9,8 @@ uses it), so that every size and index equals qwen-vl-utils 0.0.10's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from typing import Literal
 
 FRAME_FACTOR = 2  # frames come in pairs (temporal patch 2)
@@ -121,3 +122,16 @@ def plan_sampling(total_frames: int, video_fps: float, height: int, width: int, 
     sample_fps = count / total_frames * video_fps
     spacing = FRAME_FACTOR / (PROCESSOR_FPS if second_per_grid == "reference" else sample_fps)
     return SamplingPlan(frame_indices(total_frames, count), new_h, new_w, sample_fps, spacing)
+
+
+def training_plan(plan: SamplingPlan, *, side: int, frames: int, rng: random.Random) -> SamplingPlan:
+    """The reference's training input from the 2-fps plan: ``frames`` random frames, sorted, squashed.
+
+    The reference fetches the video at 2 fps resized to ``side`` x ``side`` (aspect ratio
+    not kept; 512 asked, 504 after rounding to 28) and draws ``frames`` of those frames at
+    random, kept in time order, anew at every step. All of them when there are fewer.
+    """
+    if side % SIZE_FACTOR:
+        raise ValueError(f"training frame side {side} is not a multiple of {SIZE_FACTOR}")
+    picks = sorted(rng.sample(range(plan.num_frames), frames)) if plan.num_frames > frames else range(plan.num_frames)
+    return replace(plan, indices=tuple(plan.indices[i] for i in picks), height=side, width=side)
