@@ -42,3 +42,7 @@ class DuplicateNameError(SelectionError):
 
 class InputFileError(SelectionError):
     """A scores, name-list or features file cannot be read or is not in the expected format."""
+
+
+class MixedExtractorsError(SelectionError):
+    """The features of one run come from different extractors (or some do not say which)."""

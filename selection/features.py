@@ -1,9 +1,14 @@
 """Per-video frame features on disk: ``DIR/<stem>_features.npz`` holding ``features`` (frames x dim).
 
-The layout of the reference code. A video ``clips/x.mp4`` is matched to
-``DIR/x_features.npz`` by its stem. Loading never stops at a bad file: each missing,
-unreadable, empty, ill-shaped or non-finite file becomes a ``FeatureProblem`` so the
-caller can report it and go on with the rest.
+The layout of the reference code, plus a string ``extractor`` naming what made the
+features (``clip:RN101:openai``, ``siglip2:<model>``, ``vision:<fingerprint>``): distances
+between embeddings of different extractors mean nothing, and lambda depends on it, so a
+run must use one extractor (``LoadedFeatures.extractor``). Files written before the key
+existed load fine and count as "not recorded".
+
+A video ``clips/x.mp4`` is matched to ``DIR/x_features.npz`` by its stem. Loading never
+stops at a bad file: each missing, unreadable, empty, ill-shaped or non-finite file
+becomes a ``FeatureProblem`` so the caller can report it and go on with the rest.
 """
 
 from __future__ import annotations
@@ -18,24 +23,28 @@ import numpy as np
 
 from ml_backend.fileio import atomic_writer
 
-from .errors import DuplicateNameError
+from .errors import DuplicateNameError, MixedExtractorsError
 
 FEATURES_SUFFIX = "_features.npz"
 FEATURES_KEY = "features"
+EXTRACTOR_KEY = "extractor"
+UNRECORDED = "not recorded (file written before extractors were recorded)"
 
 
 def features_path(directory: str | Path, video_name: str) -> Path:
     return Path(directory) / f"{Path(video_name).stem}{FEATURES_SUFFIX}"
 
 
-def save_features(directory: str | Path, video_name: str, frames: np.ndarray) -> Path:
-    """Write one video's (frames, dim) features as float32, atomically (temp file + rename)."""
+def save_features(directory: str | Path, video_name: str, frames: np.ndarray, *, extractor: str) -> Path:
+    """Write one video's (frames, dim) features as float32 with their extractor, atomically (temp file + rename)."""
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[0] == 0:
         raise ValueError(f"features of {video_name} must be a non-empty (frames, dim) array, got {frames.shape}")
+    if not isinstance(extractor, str) or not extractor.strip():
+        raise ValueError(f"features of {video_name}: name the extractor that made them, got {extractor!r}")
     path = features_path(directory, video_name)
     with atomic_writer(path) as handle:
-        np.savez(handle, **{FEATURES_KEY: frames})
+        np.savez(handle, **{FEATURES_KEY: frames, EXTRACTOR_KEY: np.array(extractor)})
     return path
 
 
@@ -57,6 +66,30 @@ class LoadedFeatures:
     frames: list[np.ndarray] = field(default_factory=list)  # float32 (n_i, dim)
     problems: list[FeatureProblem] = field(default_factory=list)
     dim: int | None = None
+    # every readable file (those left out for their dimension too): its extractor, None if not recorded
+    extractors: dict[str, str | None] = field(default_factory=dict)
+
+    def extractor(self, *, unrecorded: str | None = None) -> str | None:
+        """The one extractor of all readable files (None if none records one); mixing is refused.
+
+        Files without the key count as ``unrecorded`` (None: unknown, so a mix with recorded
+        files is refused too). Raises :class:`MixedExtractorsError` naming each group.
+        """
+        groups: dict[str | None, list[str]] = {}
+        for name, extractor in self.extractors.items():
+            groups.setdefault(extractor if extractor is not None else unrecorded, []).append(name)
+        if len(groups) <= 1:
+            return next(iter(groups), None)
+        shown = "; ".join(f"{_label(extractor)}: {len(names)} video(s), e.g. {', '.join(names[:3])}"
+                          for extractor, names in sorted(groups.items(), key=lambda item: -len(item[1])))
+        raise MixedExtractorsError(
+            f"the features come from different extractors ({shown}). Distances between embeddings of different "
+            "extractors mean nothing: extract every video's features with one extractor (mdsvqa features "
+            "--extractor ...) into its own folder")
+
+
+def _label(extractor: str | None) -> str:
+    return UNRECORDED if extractor is None else repr(extractor)
 
 
 def check_unique_stems(names: Sequence[str]) -> None:
@@ -70,8 +103,8 @@ def check_unique_stems(names: Sequence[str]) -> None:
         raise DuplicateNameError(f"names share a features-file stem, so their features cannot be told apart: {shown}")
 
 
-def _read_one(path: Path) -> np.ndarray | str:
-    """The frames array, or the reason it cannot be used."""
+def _read_one(path: Path) -> tuple[np.ndarray, str | None] | str:
+    """(frames, extractor or None when not recorded), or the reason the file cannot be used."""
     if not path.is_file():
         return "features file missing"
     try:
@@ -79,8 +112,13 @@ def _read_one(path: Path) -> np.ndarray | str:
             if FEATURES_KEY not in archive.files:
                 return f"no '{FEATURES_KEY}' array (has: {', '.join(archive.files) or 'nothing'})"
             frames = archive[FEATURES_KEY]
+            extractor = archive[EXTRACTOR_KEY] if EXTRACTOR_KEY in archive.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         return f"unreadable features file ({type(exc).__name__}: {exc})"
+    if extractor is not None:
+        if extractor.ndim != 0 or extractor.dtype.kind != "U" or not str(extractor[()]).strip():
+            return f"'{EXTRACTOR_KEY}' is not a name (dtype {extractor.dtype}, shape {extractor.shape})"
+        extractor = str(extractor[()])
     if not (np.issubdtype(frames.dtype, np.floating) or np.issubdtype(frames.dtype, np.integer)):
         return f"features have dtype {frames.dtype}, expected numbers"
     if frames.ndim != 2:
@@ -92,7 +130,7 @@ def _read_one(path: Path) -> np.ndarray | str:
     frames = frames.astype(np.float32, copy=False)
     if not np.isfinite(frames).all():
         return "features hold NaN or infinite values"
-    return frames
+    return frames, extractor
 
 
 def load_features(directory: str | Path, names: Sequence[str]) -> LoadedFeatures:
@@ -102,11 +140,12 @@ def load_features(directory: str | Path, names: Sequence[str]) -> LoadedFeatures
     result = LoadedFeatures()
     for name in names:
         path = features_path(directory, name)
-        frames = _read_one(path)
-        if isinstance(frames, str):
-            result.problems.append(FeatureProblem(name, path, frames))
+        read = _read_one(path)
+        if isinstance(read, str):
+            result.problems.append(FeatureProblem(name, path, read))
         else:
-            loaded.append((name, frames))
+            loaded.append((name, read[0]))
+            result.extractors[name] = read[1]
     if not loaded:
         return result
     dims = Counter(frames.shape[1] for _name, frames in loaded)

@@ -16,7 +16,8 @@ def clustered_pool(folder, count=24, dim=16, seed=0):
     for i in range(count):
         frames = centres[i % 3] + 0.2 * rng.normal(size=(6, dim))
         frames /= np.linalg.norm(frames, axis=1, keepdims=True)
-        np.savez(folder / "features" / f"clip{i:02d}_features.npz", features=frames.astype(np.float32))
+        np.savez(folder / "features" / f"clip{i:02d}_features.npz", features=frames.astype(np.float32),
+                 extractor=np.array("clip:RN101:openai"))
         scores[f"clip{i:02d}.mp4"] = {"reasoning": "N/A", "score": round(float(rng.uniform(1, 5)), 2)}
     scores["bad <b>name</b>.mp4"] = {"reasoning": "N/A", "score": None, "error": "not a decodable video"}
     (folder / "scores.json").write_text(json.dumps(scores))

@@ -12,6 +12,7 @@ import pytest
 
 from ml_backend.cli import main
 from selection.features import save_features
+from selection.lambdas import CLIP_RN101_OPENAI, SIGLIP2_GIANT
 from selection.reference import reference_select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def workspace(tmp_path):
     features_dir = tmp_path / "features"
     for name in names:
         if name != "video05.mp4":  # missing features
-            save_features(features_dir, name, frames[name])
+            save_features(features_dir, name, frames[name], extractor=CLIP_RN101_OPENAI)
     scores = {name: {"reasoning": "N/A", "score": round(float(rng.uniform(1, 5)), 2)} for name in names}
     scores["video03.mp4"] = {"reasoning": "N/A", "score": None, "error": "cannot decode"}
     scores["video11.mp4"]["score"] = None
@@ -155,3 +156,66 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules, 'numpy' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert completed.stdout.split() == ["False", "False"]
+
+
+# -- lambda per extractor; one extractor per run ----------------------------------------------------
+
+def _rewrite_features(workspace, extractor_of) -> None:
+    """Re-save every features file with ``extractor_of(name)`` (None: an older file without the key)."""
+    for name, frames in workspace["frames"].items():
+        if name == "video05.mp4":
+            continue
+        extractor = extractor_of(name)
+        path = workspace["features"] / f"{Path(name).stem}_features.npz"
+        if extractor is None:
+            np.savez(path, features=frames)
+        else:
+            save_features(workspace["features"], name, frames, extractor=extractor)
+
+
+def _expected(workspace, budget, lam):
+    values = workspace["score_values"]
+    pool = [n for n in workspace["names"] if values[n]["score"] is not None and n != "video05.mp4"]
+    result = reference_select([values[n]["score"] for n in pool], [workspace["frames"][n] for n in pool], budget, lam)
+    return [pool[i] for i in result.picks]
+
+
+@pytest.mark.parametrize("extractor, lam", [(CLIP_RN101_OPENAI, 0.25), (SIGLIP2_GIANT, 0.075)])
+def test_lambda_defaults_to_the_extractors(workspace, capsys, extractor, lam):
+    _rewrite_features(workspace, lambda _name: extractor)
+    details = workspace["dir"] / "details.json"
+    assert run_select(workspace, "--budget", "8", "--details", str(details)) == 0
+    recorded = json.loads(details.read_text())
+    assert (recorded["lambda"], recorded["extractor"]) == (lam, extractor)
+    assert recorded["lambda_source"] == f"default for {extractor}"
+    assert json.loads((workspace["dir"] / "picks.json").read_text()) == _expected(workspace, 8, lam)
+    assert f"features: {extractor}, lambda {lam:g}" in capsys.readouterr().err
+
+
+def test_vision_tower_features_need_an_explicit_lambda(workspace, capsys):
+    _rewrite_features(workspace, lambda _name: "vision:0123456789abcdef")
+    assert run_select(workspace, "--budget", "3") == 2
+    err = capsys.readouterr().err
+    assert "vision tower" in err and "--lambda" in err and "arbitrarily" in err
+    assert not (workspace["dir"] / "picks.json").exists()
+    assert run_select(workspace, "--budget", "3", "--lambda", "0.4") == 0
+    assert json.loads((workspace["dir"] / "picks.json").read_text()) == _expected(workspace, 3, 0.4)
+
+
+def test_older_files_without_extractor_are_reported(workspace, capsys):
+    _rewrite_features(workspace, lambda _name: None)
+    assert run_select(workspace, "--budget", "3") == 2
+    assert "do not record their extractor" in capsys.readouterr().err
+    assert run_select(workspace, "--budget", "3", "--lambda", "0.25") == 0
+    assert "extractor not recorded (file written before extractors were recorded)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("other", [SIGLIP2_GIANT, None])
+def test_extractors_are_never_mixed(workspace, capsys, other):
+    _rewrite_features(workspace, lambda name: other if name in ("video01.mp4", "video02.mp4") else CLIP_RN101_OPENAI)
+    assert run_select(workspace, "--budget", "3", "--lambda", "0.25") == 2
+    err = capsys.readouterr().err
+    assert "different extractors" in err and "video01.mp4, video02.mp4" in err
+    assert f"'{CLIP_RN101_OPENAI}': 15 video(s)" in err
+    assert (repr(other) if other else "not recorded") in err
+    assert not (workspace["dir"] / "picks.json").exists()

@@ -22,7 +22,7 @@ def test_load_good_and_bad_files_reports_each_problem(tmp_path):
     good = {name: rng.standard_normal((n, 8)).astype(np.float32) for name, n in [("a.mp4", 3), ("b.mp4", 5),
                                                                               ("c.mkv", 1)]}
     for name, frames in good.items():
-        save_features(tmp_path, name, frames)
+        save_features(tmp_path, name, frames, extractor="clip:RN101:openai")
     np.savez(tmp_path / "int_features.npz", features=np.arange(16).reshape(2, 8))  # integers: converted
     (tmp_path / "corrupt_features.npz").write_bytes(b"not a zip file")
     np.savez(tmp_path / "wrongkey_features.npz", embeddings=np.zeros((2, 8)))
@@ -120,3 +120,49 @@ def test_read_name_list(tmp_path):
     path.write_text('["a.mp4", 3]')
     with pytest.raises(InputFileError, match="JSON list"):
         read_name_list(path)
+
+
+def test_the_store_records_the_extractor_and_refuses_to_mix(tmp_path):
+    from selection.errors import MixedExtractorsError
+    from selection.features import EXTRACTOR_KEY
+
+    frames = np.ones((2, 4), dtype=np.float32)
+    save_features(tmp_path, "a.mp4", frames, extractor="clip:RN101:openai")
+    save_features(tmp_path, "b.mp4", frames, extractor="clip:RN101:openai")
+    with np.load(features_path(tmp_path, "a.mp4")) as stored:
+        assert str(stored[EXTRACTOR_KEY]) == "clip:RN101:openai"
+    assert load_features(tmp_path, ["a.mp4", "b.mp4"]).extractor() == "clip:RN101:openai"
+    with pytest.raises(ValueError, match="name the extractor"):
+        save_features(tmp_path, "c.mp4", frames, extractor="")
+
+    np.savez(tmp_path / "old_features.npz", features=frames)  # written before extractors were recorded
+    loaded = load_features(tmp_path, ["a.mp4", "old.mp4"])
+    assert loaded.names == ["a.mp4", "old.mp4"] and loaded.extractors["old.mp4"] is None
+    with pytest.raises(MixedExtractorsError, match=r"not recorded .*1 video\(s\), e.g. old.mp4"):
+        loaded.extractor()
+    assert loaded.extractor(unrecorded="clip:RN101:openai") == "clip:RN101:openai"
+    assert load_features(tmp_path, ["old.mp4"]).extractor() is None
+
+    # another extractor (here also another dimension: the mix is named, not hidden as a dimension problem)
+    save_features(tmp_path, "s.mp4", np.ones((2, 6)), extractor="siglip2:google/siglip2-giant-opt-patch16-384")
+    with pytest.raises(MixedExtractorsError, match="'siglip2:google/siglip2-giant-opt-patch16-384': 1 video"):
+        load_features(tmp_path, ["a.mp4", "b.mp4", "s.mp4"]).extractor()
+
+    np.savez(tmp_path / "badkey_features.npz", features=frames, extractor=np.array([1, 2]))
+    assert "'extractor' is not a name" in load_features(tmp_path, ["badkey.mp4"]).problems[0].reason
+
+
+def test_default_lambda_per_extractor():
+    from selection.errors import LambdaError
+    from selection.lambdas import default_lambda, resolve_lambda
+
+    assert default_lambda("clip:RN101:openai") == 0.25
+    assert default_lambda("siglip2:google/siglip2-giant-opt-patch16-384") == 0.075
+    for other, why in [("vision:0123456789abcdef", "vision tower"), (None, "do not record"),
+                       ("clip:RN101:random", "no lambda was chosen"), ("clip:ViT-B-32:openai", "no lambda")]:
+        with pytest.raises(LambdaError, match=why):
+            default_lambda(other)
+    assert resolve_lambda(0.5, "vision:x") == (0.5, "given")
+    assert resolve_lambda(None, "clip:RN101:openai") == (0.25, "default for clip:RN101:openai")
+    with pytest.raises(LambdaError):
+        resolve_lambda(-1.0, "clip:RN101:openai")

@@ -25,8 +25,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--features", metavar="DIR", help="Features folder (<stem>_features.npz) for the map.")
     parser.add_argument("--selection", metavar="FILE", help="Details JSON written by `mdsvqa select --details`.")
     parser.add_argument("--budget", type=int, help="Select this many videos here (needs --features).")
-    parser.add_argument("--lambda", dest="lam", type=float, help="Diversity weight (default 0.25 or "
-                        "MDSVQA_PRIORITY_DIVERSITY_LAMBDA).")
+    parser.add_argument("--lambda", dest="lam", type=float, help="Diversity weight (MDSVQA_PRIORITY_DIVERSITY_LAMBDA; "
+                        "default from the features' extractor: 0.25 CLIP RN101, 0.075 SigLIP2; required otherwise).")
+    parser.add_argument("--extractor", choices=["clip", "siglip2", "vision"],
+                        help="With --project: which of the backend's kept features (MDSVQA_FEATURES_EXTRACTOR).")
     parser.add_argument("--labeled", metavar="FILE", help="JSON list of names already labeled.")
     parser.add_argument("--model-dir", metavar="DIR", help="Model directory: adds SRCC/PLCC of each version.")
     parser.add_argument("--title", default="Video pool report")
@@ -66,11 +68,12 @@ def _project_data(args: argparse.Namespace):
 
     from ..report.data import PickRow, ReportData
     from ..settings import load_settings
-    from .prioritize import open_project
+    from .prioritize import open_project, with_extractor
     from ..prioritize.run import prioritize_project
 
-    settings = load_settings(label_studio_url=args.url, label_studio_api_key=args.token, base=args.base,
-                             adapter=args.adapter, cache_dir=args.cache_dir)
+    settings = with_extractor(load_settings(label_studio_url=args.url, label_studio_api_key=args.token,
+                                            base=args.base, adapter=args.adapter, cache_dir=args.cache_dir),
+                              args.extractor)
     lam = args.lam if args.lam is not None else settings.priority.diversity_lambda
     budget = args.budget if args.budget is not None else settings.priority.budget
     client, features, resolver, device = open_project(settings, args.project, extract=False)
@@ -89,7 +92,7 @@ def _project_data(args: argparse.Namespace):
                       difficulty={name(t): d for t, d in summary.difficulty.items()},
                       failed={name(t): why for t, why in summary.without_difficulty.items()},
                       embeddings={name(t): f for t, f in summary.frames.items()},
-                      labeled=[name(t) for t in summary.labeled], lam=lam,
+                      labeled=[name(t) for t in summary.labeled], lam=summary.lam,
                       picks=[PickRow(rank, name(s.index), s.objective, s.difficulty, s.mean_distance)
                              for rank, s in enumerate(summary.steps, start=1)])
     data.notes.append(f"model version {summary.model_version}: {len(summary.labeled)} labeled, "
@@ -119,7 +122,9 @@ def _file_data(args: argparse.Namespace):
         from selection.features import load_features
 
         features = load_features(args.features, sorted(difficulty))
+        extractor = features.extractor()  # one extractor per report (MixedExtractorsError otherwise)
         data.embeddings = dict(zip(features.names, features.frames))
+        data.notes.append(f"features: {extractor or 'extractor not recorded (older files)'}")
         for problem in features.problems:
             print(f"report: no features for {problem}", file=sys.stderr)
 
@@ -135,9 +140,11 @@ def _file_data(args: argparse.Namespace):
 
         from selection import select_greedy
 
+        from selection.lambdas import resolve_lambda
+
         names = sorted(data.embeddings)
         initial = [names.index(n) for n in labeled if n in data.embeddings]
-        lam = 0.25 if args.lam is None else args.lam
+        lam, _source = resolve_lambda(args.lam, extractor)
         result = select_greedy(np.array([difficulty[n] for n in names]), [data.embeddings[n] for n in names],
                                args.budget, lam, initial)
         data.lam = lam

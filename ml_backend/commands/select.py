@@ -32,12 +32,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scores", required=True, metavar="FILE",
                         help='Scores JSON {"<name>": {"score": <1-5 or null>, ...}} (mdsvqa score output).')
     parser.add_argument("--features", required=True, metavar="DIR",
-                        help="Folder of <stem>_features.npz files, array 'features' of shape (frames, dim).")
+                        help="Folder of <stem>_features.npz files, array 'features' of shape (frames, dim) and "
+                        "'extractor' (mdsvqa features / score --features); one extractor per run.")
     parser.add_argument("--budget", required=True, type=int, metavar="K",
                         help="Number of videos to pick (more than available: all of them, in order).")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.25, metavar="L",
-                        help="Weight of diversity against difficulty (default 0.25, the paper's value for CLIP "
-                        "features; 0.075 for SigLIP2).")
+    parser.add_argument("--lambda", dest="lam", type=float, default=None, metavar="L",
+                        help="Weight of diversity against difficulty. Default: the paper's value for the features' "
+                        "extractor, 0.25 for CLIP RN101 (openai), 0.075 for SigLIP2 giant; required for any other "
+                        "features (the base model's vision tower, files that do not record their extractor).")
     parser.add_argument("--labeled", metavar="FILE",
                         help="JSON list of names already labeled: never picked, counted in the diversity term.")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu).")
@@ -76,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from selection.features import load_features
+    from selection.features import UNRECORDED, load_features
     from selection.files import read_name_list, read_scores
     from selection.greedy import select_greedy
+    from selection.lambdas import resolve_lambda
 
     from ..fileio import atomic_write_json
 
@@ -103,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             "or remove them from the file.")
 
     features = load_features(args.features, candidates + labeled)
+    extractor = features.extractor()  # MixedExtractorsError when files of several extractors meet
     bad_labeled = [problem for problem in features.problems if problem.name in labeled_set]
     if bad_labeled:
         shown = "; ".join(str(problem) for problem in bad_labeled[:5])
@@ -117,13 +121,18 @@ def _run(args: argparse.Namespace) -> int:
     index = {name: i for i, name in enumerate(features.names)}
     if not features.names:
         raise SelectionInputError("no video has both a usable score and usable features: nothing to select from")
+    lam, lam_source = resolve_lambda(args.lam, extractor)
+    if extractor is None:
+        _report(f"features: extractor {UNRECORDED}; lambda {lam:g} as given")
+    else:
+        _report(f"features: {extractor}, lambda {lam:g} ({lam_source})")
     difficulty = np.array([scores.scores.get(name, np.nan) if name not in labeled_set else np.nan
                            for name in features.names], dtype=np.float64)
     initial = [index[name] for name in labeled]
     n_candidates = len(features.names) - len(initial)
 
     started = time.perf_counter()
-    result = select_greedy(difficulty, features.frames, args.budget, args.lam, initial, device=device,
+    result = select_greedy(difficulty, features.frames, args.budget, lam, initial, device=device,
                            store_dtype=args.store_dtype, difficulty_range=DIFFICULTY_RANGE)
     seconds = time.perf_counter() - started
     picks = [features.names[i] for i in result.picks]
@@ -131,7 +140,9 @@ def _run(args: argparse.Namespace) -> int:
     atomic_write_json(args.out, picks)
     if args.details:
         atomic_write_json(args.details, {
-            "lambda": args.lam,
+            "lambda": lam,
+            "lambda_source": lam_source,
+            "extractor": extractor,
             "budget": args.budget,
             "labeled": len(initial),
             "candidates": n_candidates,
