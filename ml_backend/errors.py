@@ -41,3 +41,7 @@ class JobAlreadyRunningError(MdsVqaError):
 
 class VersionError(MdsVqaError):
     """A model version that does not exist, is incomplete, or cannot be written or activated."""
+
+
+class FeatureModelError(ModelNotFoundError):
+    """A frame-feature extractor (CLIP, SigLIP2) cannot be found or loaded; says what is missing and how to provide it."""

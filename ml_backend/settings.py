@@ -56,6 +56,39 @@ class VideoSettings(BaseSettings):
         return self
 
 
+CLIP_MODEL = "RN101"
+CLIP_PRETRAINED = "openai"
+SIGLIP2_MODEL = "google/siglip2-giant-opt-patch16-384"
+
+
+class FeatureSettings(BaseSettings):
+    """Frame embeddings for the diversity term of selection (SPEC section 5, docs/selection.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_FEATURES_", extra="forbid", protected_namespaces=())
+
+    extractor: Literal["clip", "siglip2", "vision"] = Field(
+        "clip", description="'clip': CLIP RN101 (OpenAI weights) on every frame, each row L2-normalised, the "
+        "paper's default (lambda 0.25); 'siglip2': SigLIP2 giant on every frame, not normalised (lambda 0.075); "
+        "'vision': the base model's own vision tower on the scorer's frames (no lambda was chosen for it: "
+        "selection then needs an explicit lambda).",
+    )
+    clip_model: str = Field(CLIP_MODEL, description="open_clip architecture of the 'clip' extractor.")
+    clip_pretrained: str = Field(
+        CLIP_PRETRAINED, description="open_clip pretrained tag naming the CLIP weights ('openai'); downloaded "
+        "on first use unless clip_checkpoint is set. 'random' = random weights (tests only: meaningless features).",
+    )
+    clip_checkpoint: Path | None = Field(
+        None, description="Local file holding those weights (OpenAI's RN101.pt, or open_clip's "
+        "open_clip_pytorch_model.bin / .safetensors): no download.",
+    )
+    siglip2_model: str = Field(SIGLIP2_MODEL, description="Hugging Face id of the 'siglip2' extractor's model.")
+    siglip2_path: Path | None = Field(
+        None, description="Local folder holding that model (config, weights, preprocessor config): no download.",
+    )
+    device: str = Field("auto", description="'auto' (the model's device: MDSVQA_DEVICE), 'cpu', 'cuda', 'cuda:N'.")
+    batch_size: int = Field(64, ge=1, description="Frames per forward pass of the 'clip' / 'siglip2' extractor.")
+
+
 class PrioritySettings(BaseSettings):
     """Ordering the labeling queue by MDS-VQA selection (docs/prioritize.md)."""
 
@@ -70,13 +103,17 @@ class PrioritySettings(BaseSettings):
     budget_fraction: float = Field(
         0.05, gt=0, le=1, description="Default K as a share of the unlabeled scored tasks (rounded up, at least 1).",
     )
-    diversity_lambda: float = Field(
-        0.25, ge=0, description="lambda: weight of diversity against difficulty in the greedy picks (paper: 0.25).",
+    diversity_lambda: float | None = Field(
+        None, ge=0, description="lambda: weight of diversity against difficulty in the greedy picks; default "
+        "from the feature extractor (the paper's 0.25 for CLIP RN101, 0.075 for SigLIP2; required for 'vision').",
     )
     debounce_s: float = Field(
         10.0, ge=0, description="Quiet period after scoring or label events before the queue is re-ordered "
         "(at most 5x this while events keep coming).",
     )
+
+
+REFERENCE_GEOMETRY = {"quality": (2, 16), "difficulty": (8, 64)}
 
 
 class TrainingSettings(BaseSettings):
@@ -90,14 +127,23 @@ class TrainingSettings(BaseSettings):
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the LoRA weights.")
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    videos_per_step: int = Field(8, ge=2, description="Videos per optimizer step (rewards compare videos of one step).")
+    videos_per_step: int | None = Field(
+        None, ge=2, description="Videos per optimizer step, by gradient accumulation over micro-batches "
+        "(default as the reference: 16 for quality/f, 64 for difficulty/g).",
+    )
+    videos_compared: int | None = Field(
+        None, ge=2, description="Videos of one micro-batch, which the rewards compare with each other "
+        "(default as the reference: 2 for quality/f, 8 for difficulty/g).",
+    )
     group_size: int = Field(4, ge=2, description="Sampled answers per video for GRPO (G).")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the KL term to the adapter-disabled reference.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     max_new_tokens: int = Field(256, ge=1, description="Longest sampled answer of a rollout.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the language model.")
-    max_frames: int = Field(14, ge=2, description="Frames per training video (reference: at most 14).")
-    max_pixels: int = Field(504 * 504, gt=0, description="Area of one training frame (reference: 504x504).")
+    max_frames: int = Field(14, ge=2, description="Frames drawn per training video and step: random, sorted, "
+                            "from the 2-fps frames, redrawn every step (reference: 14).")
+    frame_side: int = Field(504, ge=28, multiple_of=28, description="Training frames are squashed to this side "
+                            "x side, aspect ratio not kept (reference: 512 asked, 504 after rounding to 28).")
     held_out_fraction: float = Field(0.2, gt=0, lt=1, description="Share of labels kept out of training for evaluation.")
     split_seed: int = Field(0, description="Seed of the deterministic train/held-out split and of the rollouts.")
     min_train_labels: int = Field(4, ge=2, description="Refuse to train with fewer training labels.")
@@ -122,6 +168,17 @@ class TrainingSettings(BaseSettings):
         0, ge=0, description="Start a training run by itself after this many new annotation events of a "
         "project (0 = off).",
     )
+
+    def geometry(self, objective: str) -> tuple[int, int]:
+        """(videos compared per micro-batch, videos per optimizer step) for an objective.
+
+        The reference's: f compares the 2 videos of each GPU's micro-batch (4 GPUs x 2
+        accumulation steps: 16 videos a step); g compares the 8 videos of each GPU (8 GPUs: 64).
+        """
+        compared, per_step = REFERENCE_GEOMETRY[objective]
+        compared = self.videos_compared or compared
+        per_step = max(self.videos_per_step or per_step, compared)
+        return compared, per_step
 
     @field_validator("objectives", mode="before")
     @classmethod
@@ -231,6 +288,7 @@ class Settings(BaseSettings):
     video: VideoSettings = Field(default_factory=VideoSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     priority: PrioritySettings = Field(default_factory=PrioritySettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
 
     @property
     def cache_path(self) -> Path:

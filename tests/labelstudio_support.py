@@ -178,6 +178,10 @@ def start_backend(*, base: Path, adapter: Path, cache_dir: Path, log: Path, port
         "MDSVQA_MEDIA_TIMEOUT_S": "3",
         # versions, jobs: never the default ./mdsvqa-models inside the repository
         "MDSVQA_MODEL_DIR": str(cache_dir.parent / "models"),
+        # the tiny model's own vision-tower features (CLIP's weights are not here offline, and RN101 on every
+        # frame would be slow on a CPU); their lambda must be explicit
+        "MDSVQA_FEATURES_EXTRACTOR": "vision",
+        "MDSVQA_PRIORITY_DIVERSITY_LAMBDA": "0.25",
     })
     if auth:
         env["MDSVQA_BASIC_AUTH_USER"], env["MDSVQA_BASIC_AUTH_PASSWORD"] = auth

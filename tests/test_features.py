@@ -22,19 +22,20 @@ def test_pooling_averages_each_temporal_patch_and_normalises():
 
 
 def test_store_writes_reference_layout_atomically(tmp_path):
-    target = write_features(tmp_path, "clip.final.mp4", np.ones((3, 4), dtype=np.float64))
+    target = write_features(tmp_path, "clip.final.mp4", np.ones((3, 4), dtype=np.float64), extractor="clip:RN101:openai")
     assert target == features_path(tmp_path, "a/clip.final.mp4") == tmp_path / "clip.final_features.npz"
     stored = np.load(target)["features"]
     assert stored.dtype == np.float32 and stored.shape == (3, 4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     with pytest.raises(ValueError, match="non-empty"):
-        write_features(tmp_path, "empty.mp4", np.zeros((0, 4)))
+        write_features(tmp_path, "empty.mp4", np.zeros((0, 4)), extractor="clip:RN101:openai")
 
 
 @pytest.fixture
 def model_args(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MDSVQA_CACHE_DIR", str(tmp_path / "cache"))
-    return ["--base", str(tiny_model[0]), "--adapter", str(tiny_model[1]), "--no-progress"]
+    # the base model's own vision tower (the clip extractor has its own tests: tests/test_frame_features.py)
+    return ["--base", str(tiny_model[0]), "--adapter", str(tiny_model[1]), "--no-progress", "--extractor", "vision"]
 
 
 def test_features_command_embeds_the_scored_frames(model_args, shared_videos, tmp_path):
@@ -45,8 +46,10 @@ def test_features_command_embeds_the_scored_frames(model_args, shared_videos, tm
         features = np.load(features_path(tmp_path / "f", name))["features"]
         assert features.ndim == 2 and features.shape[1] == 64  # tiny model's vision output size
         assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
-    bikes = np.load(features_path(tmp_path / "f", "bikes.mp4"))["features"]
+    with np.load(features_path(tmp_path / "f", "bikes.mp4")) as stored:
+        bikes, extractor = stored["features"], str(stored["extractor"])
     assert bikes.shape[0] == 10  # 20 sampled frames, one embedding per temporal patch
+    assert extractor.startswith("vision:") and len(extractor) == len("vision:") + 16
     assert not features_path(tmp_path / "f", bad).exists()
 
 

@@ -17,6 +17,7 @@ from ml_backend.prioritize.order import (PICK_FLOOR, default_budget, pick_priori
                                          rest_sort_key)
 from ml_backend.prioritize.run import (VIEW_ORDERING, VIEW_TITLE, PriorityError, PriorityInterruptedError,
                                        prioritize_project)
+from selection.lambdas import CLIP_RN101_OPENAI
 from tests.conditions import wait_for
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
@@ -147,7 +148,7 @@ def test_recorder_never_fails_the_scoring_batch(tmp_path):
 
 
 def test_feature_source_reports_what_it_cannot_load(tmp_path):
-    store = FeatureStore(tmp_path, "vision-test")
+    store = FeatureStore(tmp_path, "vision:test")
     store.put("http://x/a.mp4", np.ones((3, 4)))
     store.put("http://x/b.mp4", np.ones((2, 5)))  # a different dimension than the majority
     store.put("http://x/c.mp4", np.ones((2, 4)))
@@ -234,7 +235,7 @@ def _task(task_id: int, difficulty=None, *, labeled=False, version: str = VERSIO
 
 def _features(tmp_path, task_ids, *, dim=8, seed=0) -> tuple[FeatureSource, dict[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    store = FeatureStore(tmp_path / "features", "vision-test")
+    store = FeatureStore.under(tmp_path / "features", CLIP_RN101_OPENAI)
     frames = {}
     for task_id in task_ids:
         frames[task_id] = rng.normal(size=(int(rng.integers(2, 6)), dim)).astype(np.float32)
@@ -489,3 +490,37 @@ def test_command_says_plainly_when_label_studio_is_unreachable(cli_env, capsys):
     assert "give --url and --token" in capsys.readouterr().err
     assert main(["prioritize", "--url", "http://x", "--token", "t", "--project", "3", "--budget", "-1"]) == 2
     assert "--budget must be >= 0" in capsys.readouterr().err
+
+
+def test_lambda_comes_from_the_store_extractor_and_vision_needs_one(tmp_path):
+    difficulty = {1: 2.5, 2: 4.1, 3: 3.3, 4: 1.2}
+    ls = FakeLabelStudio([_task(t, d) for t, d in difficulty.items()])
+    source, frames = _features(tmp_path, list(difficulty))  # a clip:RN101:openai store
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=2)
+    assert (summary.lam, summary.extractor) == (0.25, CLIP_RN101_OPENAI)
+    assert summary.picks == _expected_picks(difficulty, frames, 2, 0.25, seeds=[])
+    assert "lambda 0.25 (default for clip:RN101:openai)" in summary.describe()
+
+    vision = FeatureStore.under(tmp_path / "features", "vision:0123456789abcdef")
+    assert vision.directory.name == "vision-0123456789abcdef", "the folder the vision features always had"
+    for task_id, array in frames.items():
+        vision.put(media_key(f"/data/upload/1/v{task_id}.mp4", LS), array)
+    with pytest.raises(PriorityError, match="vision tower.*lambda"):
+        prioritize_project(ls, 1, model_version=VERSION, features=FeatureSource(vision), budget=2)
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=FeatureSource(vision), budget=2, lam=0.25)
+    assert summary.lam == 0.25 and summary.picks == _expected_picks(difficulty, frames, 2, 0.25, seeds=[])
+
+
+def test_a_store_refuses_files_of_another_extractor(tmp_path):
+    from selection.features import save_features
+
+    store = FeatureStore.under(tmp_path, CLIP_RN101_OPENAI)
+    store.put("http://x/a.mp4", np.ones((2, 4)))
+    np.savez(store.path("http://x/old.mp4"), features=np.ones((2, 4)))  # an older file of this folder: the folder's
+    assert set(store.load(["http://x/a.mp4", "http://x/old.mp4"]).frames) == {"http://x/a.mp4", "http://x/old.mp4"}
+    save_features(store.directory, store.path("http://x/b.mp4").name.replace("_features.npz", ".mp4"),
+                  np.ones((2, 4)), extractor="siglip2:other")
+    from selection.errors import MixedExtractorsError
+
+    with pytest.raises(MixedExtractorsError, match="siglip2:other"):
+        store.load(["http://x/a.mp4", "http://x/b.mp4"])

@@ -90,7 +90,7 @@ def state(label_studio, project_id, version) -> dict:
 def features_of(backend, label_studio, tasks) -> dict[int, np.ndarray] | None:
     """Every task's features from the backend's store; None while some are still missing."""
     (store_dir,) = list((backend.cache_dir / "features").iterdir())
-    store = FeatureStore(store_dir.parent, store_dir.name)
+    store = FeatureStore(store_dir, None)  # read-only: whichever extractor its files record
     connection = Connection(label_studio.url, label_studio.token)
     loaded = store.load(media_key(t["video"], connection) for t in tasks.values())
     if loaded.problems:
@@ -198,7 +198,8 @@ def test_prioritize_command(label_studio, backend, project, tiny_model, tmp_path
     base, adapter = tiny_model
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "MDSVQA_CACHE_DIR": str(backend.cache_dir), "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1"}
+           "MDSVQA_CACHE_DIR": str(backend.cache_dir), "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1",
+           "MDSVQA_FEATURES_EXTRACTOR": "vision"}  # the backend's (tests/labelstudio_support.py)
     command = [sys.executable, "-m", "ml_backend.cli", "prioritize", "--project", str(project["id"]),
                "--base", str(base), "--adapter", str(adapter), "--budget", "3", "--lambda", "0.25"]
     wait_for(lambda: ordered(label_studio, backend, project), timeout=60, what="backend idle with its own order")

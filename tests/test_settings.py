@@ -41,3 +41,20 @@ def test_every_setting_is_documented_in_the_readme():
         elif not name.startswith("label_studio"):
             expected.add(f"MDSVQA_{name.upper()}")
     assert expected <= documented, sorted(expected - documented)
+
+
+def test_feature_settings_and_lambda_default(monkeypatch):
+    settings = Settings()
+    assert settings.features.extractor == "clip" and settings.features.clip_model == "RN101"
+    assert settings.features.clip_pretrained == "openai" and settings.features.clip_checkpoint is None
+    assert settings.features.siglip2_model == "google/siglip2-giant-opt-patch16-384"
+    assert settings.priority.diversity_lambda is None, "lambda comes from the extractor unless set"
+    monkeypatch.setenv("MDSVQA_FEATURES_EXTRACTOR", "siglip2")
+    monkeypatch.setenv("MDSVQA_FEATURES_CLIP_CHECKPOINT", "/models/RN101.pt")
+    monkeypatch.setenv("MDSVQA_PRIORITY_DIVERSITY_LAMBDA", "0.1")
+    settings = load_settings()
+    assert settings.features.extractor == "siglip2" and str(settings.features.clip_checkpoint) == "/models/RN101.pt"
+    assert settings.priority.diversity_lambda == 0.1
+    monkeypatch.setenv("MDSVQA_FEATURES_EXTRACTOR", "dino")
+    with pytest.raises(ValidationError):
+        load_settings()

@@ -11,11 +11,11 @@ def add_parser(subparsers) -> None:
         "prioritize",
         help="Order a Label Studio project's unlabeled tasks by greedy difficulty + diversity (the labeling queue).",
         description="Read the project's difficulty predictions, pick K tasks greedily (difficulty + lambda x mean "
-        "Chamfer distance of vision features to everything selected, labeled tasks included), put the rest after "
+        "Chamfer distance of frame features to everything selected, labeled tasks included), put the rest after "
         "them by difficulty, write that order into the predictions' scores and keep a Data Manager view "
         "\"MDS-VQA priority\" sorted by it: under Sequential sampling, 'Label Tasks As Displayed' in that view "
-        "serves the tasks in this order. Features come from MDSVQA_CACHE_DIR (stored while scoring); missing "
-        "ones are computed with the base model's vision tower.",
+        "serves the tasks in this order. Features come from MDSVQA_CACHE_DIR (stored while scoring, by the "
+        "extractor MDSVQA_FEATURES_EXTRACTOR: CLIP RN101 on every frame by default); missing ones are computed.",
     )
     parser.add_argument("--url", help="Label Studio URL (LABEL_STUDIO_URL).")
     parser.add_argument("--token", help="Label Studio token (LABEL_STUDIO_API_KEY). Prefer the environment.")
@@ -26,11 +26,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--budget-fraction", type=float, metavar="F",
                         help="Default K as a share of the pool (MDSVQA_PRIORITY_BUDGET_FRACTION, 0.05).")
     parser.add_argument("--lambda", dest="lam", type=float, metavar="L",
-                        help="Weight of diversity against difficulty (MDSVQA_PRIORITY_DIVERSITY_LAMBDA, 0.25).")
+                        help="Weight of diversity against difficulty (MDSVQA_PRIORITY_DIVERSITY_LAMBDA; default from "
+                        "the extractor: 0.25 CLIP RN101, 0.075 SigLIP2; required for vision-tower features).")
     parser.add_argument("--model-version",
                         help="Order the predictions of this model version (default: the project's model_version); "
                         "the project is switched to it.")
-    parser.add_argument("--base", help="Base model, whose vision tower gives the features (MDSVQA_BASE).")
+    parser.add_argument("--base", help="Base model (MDSVQA_BASE); its vision tower gives the features with "
+                        "--extractor vision.")
+    parser.add_argument("--extractor", choices=["clip", "siglip2", "vision"],
+                        help="Which features the backend keeps (MDSVQA_FEATURES_EXTRACTOR, default clip).")
     parser.add_argument("--adapter", help="Adapter (MDSVQA_ADAPTER); it does not change the features.")
     parser.add_argument("--cache-dir", help="Where the features are kept (MDSVQA_CACHE_DIR).")
     parser.add_argument("--device", help="Model and selection device: auto, cpu, cuda (MDSVQA_DEVICE).")
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(label_studio_url=args.url, label_studio_api_key=args.token, base=args.base,
                              adapter=args.adapter, cache_dir=args.cache_dir, device=args.device)
+    settings = with_extractor(settings, args.extractor)
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise ConfigurationError("give --url and --token, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     priority = settings.priority
@@ -77,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_extractor(settings, extractor: str | None):
+    """``settings`` with ``features.extractor`` overridden (None: unchanged)."""
+    if extractor is None:
+        return settings
+    return settings.model_copy(update={"features": settings.features.model_copy(update={"extractor": extractor})})
+
+
 def open_project(settings, project: int, *, extract: bool = True):
     """Reach the project (with plain errors) and the backend's feature store: (client, features, resolver, device).
 
@@ -86,7 +98,7 @@ def open_project(settings, project: int, *, extract: bool = True):
     from ..labelstudio.client import Connection, LabelStudioApiError, api_for
     from ..labelstudio.media import MediaResolver
     from ..model.loading import resolve_model, shared_model
-    from ..prioritize.features import FeatureSource, FeatureStore, VisionFeatureComputer, feature_identity
+    from ..prioritize.features import FeatureSource, FeatureStore, feature_computer
     from ..prioritize.labelstudio import PriorityApi
     from ..prioritize.run import PriorityError
 
@@ -107,11 +119,11 @@ def open_project(settings, project: int, *, extract: bool = True):
         if exc.status == 404:
             raise PriorityError(f"Label Studio at {connection.url} has no project {project}") from exc
         raise
-    spec = resolve_model(settings)  # cheap: names the features' model without loading it
-    store = FeatureStore(settings.cache_dir / "features", feature_identity(spec, settings.video))
+    spec = resolve_model(settings)  # cheap: names the model without loading it
+    store = FeatureStore.for_settings(settings.cache_dir / "features", settings, spec)
     resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                              timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
-    computer = (VisionFeatureComputer(lambda: shared_model(settings), settings, resolver, connection)
+    computer = (feature_computer(settings, lambda: shared_model(settings), resolver, connection)
                 if extract else None)
     device = spec.runtime.device if spec.runtime.device.startswith("cuda") else "cpu"
     return client, FeatureSource(store, computer), resolver, device

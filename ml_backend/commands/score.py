@@ -28,7 +28,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="Keep the scores already in FILE and score only the rest (failed ones are retried).")
     parser.add_argument("--features", metavar="DIR",
-                        help="Also write vision-tower features (DIR/<stem>_features.npz) in the same pass.")
+                        help="Also write selection features (DIR/<stem>_features.npz) from the same decode: CLIP "
+                        "RN101 on every frame by default (see `mdsvqa features --help`).")
+    from .features import add_extractor_arguments
+
+    add_extractor_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     parser.set_defaults(run=run)
 
@@ -41,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from ..scoring.results import read_scores, result_entry, valid_score, write_scores
     from ..settings import load_settings
     from ..video.decoding import find_videos
+    from .features import feature_overrides
 
     settings = load_settings(base=args.base, adapter=args.adapter, device=args.device, batch_size=args.batch_size,
                              decoding=args.decoding, num_samples=args.num_samples, offline=args.offline,
-                             use_cache=False if args.no_cache else None)
+                             use_cache=False if args.no_cache else None, **feature_overrides(args))
     videos, listing_problems = find_videos(args.paths)
 
     scores: dict[str, dict] = {}
@@ -72,7 +77,15 @@ def run(args: argparse.Namespace) -> int:
     if args.features:
         from selection.features import save_features as write_features
 
-        scorer.feature_sink = lambda path, embedding: write_features(args.features, path, embedding)
+        from ..features.identity import extractor_identity
+
+        if settings.features.extractor != "vision":
+            from ..features.frames import load_frame_encoder
+
+            load_frame_encoder(settings)  # missing weights: a clear error now, not after the scoring
+        identity = extractor_identity(settings, scorer.spec)
+        scorer.feature_sink = lambda path, embedding: write_features(args.features, path, embedding,
+                                                                     extractor=identity)
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     last_write = time.monotonic()
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 last_write = time.monotonic()
         if args.features:
             _complete_features(scorer, [p for p in videos if valid_score(scores.get(p.name, {})) is not None],
-                               args.features)
+                               args.features, identity)
     finally:
         bar.close()
         write_scores(args.out, scores)
@@ -102,19 +115,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _complete_features(scorer, paths, directory) -> None:
-    """Cache hits never reach the model: embed those whose feature file is missing."""
+def _complete_features(scorer, paths, directory, identity: str) -> None:
+    """Cache hits never reach the model: embed those whose feature file is missing (one decode each)."""
     from selection.features import features_path
     from selection.features import save_features as write_features
-    from ..features.vision import VisionFeatureExtractor
-    from ..scoring.scorer import prepare_video
 
     missing = [p for p in paths if not features_path(directory, p).exists()]
     if not missing:
         return
+    if scorer.settings.features.extractor != "vision":
+        from ..features.frames import embed_video_frames
+
+        from ..errors import MdsVqaError
+
+        for path in missing:
+            try:
+                _decoded, embedding = embed_video_frames(path, scorer.settings)
+            except MdsVqaError as exc:
+                print(f"no features: {exc}", file=sys.stderr)
+                continue
+            write_features(directory, path, embedding, extractor=identity)
+        return
+    from ..features.vision import VisionFeatureExtractor
+    from ..scoring.scorer import prepare_video
+
     extractor = VisionFeatureExtractor(scorer.loaded)
     for start in range(0, len(missing), scorer.settings.batch_size):
         chunk = missing[start:start + scorer.settings.batch_size]
         prepared = [prepare_video(p, scorer.settings, scorer.loaded) for p in chunk]
         for path, embedding in zip(chunk, extractor.extract(prepared)):
-            write_features(directory, path, embedding)
+            write_features(directory, path, embedding, extractor=identity)

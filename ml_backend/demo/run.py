@@ -95,10 +95,16 @@ def _wait(condition, *, timeout: float, what: str, services: list, interval: flo
         time.sleep(interval)
 
 
+# With the tiny random model on a CPU, CLIP's OpenAI weights are not at hand offline and RN101 on every
+# frame would be slow: the demo keeps the tiny model's vision-tower features, whose lambda must be explicit.
+TINY_FEATURES_ENV = {"MDSVQA_FEATURES_EXTRACTOR": "vision", "MDSVQA_PRIORITY_DIVERSITY_LAMBDA": "0.25"}
+
+
 def run_demo(options: DemoOptions) -> int:
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     base, adapter, tiny = choose_model(workdir)
+    features_env = TINY_FEATURES_ENV if tiny else {}
     if tiny:
         say("real checkpoints not available offline: using a TINY RANDOM model. Every part of the loop runs; "
             "the difficulty values are MEANINGLESS. Set MDSVQA_BASE/MDSVQA_ADAPTER for real ones.")
@@ -125,7 +131,7 @@ def run_demo(options: DemoOptions) -> int:
             extra_env={"LABEL_STUDIO_URL": studio_service.url, "LABEL_STUDIO_API_KEY": studio_service.token,
                        "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true",
                        # the backend re-orders by itself too: same K as the command, so both give one order
-                       "MDSVQA_PRIORITY_BUDGET": str(options.budget)})
+                       "MDSVQA_PRIORITY_BUDGET": str(options.budget), **features_env})
         services.append(backend)
         studio = Studio(studio_service.url, studio_service.token)
 
@@ -143,8 +149,10 @@ def run_demo(options: DemoOptions) -> int:
         tasks = _wait(scored, timeout=1200, what="difficulty predictions for every task", services=services,
                       interval=2.0)
         say(f"all {len(tasks)} tasks have a predicted difficulty; ordering the queue ...")
-        _prioritize(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter)
+        _prioritize(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
+                    env=features_env)
         _report(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
+                env=features_env,
                 out=workdir / "report.html")
         view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
         queue = studio.tasks(project, view=view["id"])
@@ -170,10 +178,12 @@ def run_demo(options: DemoOptions) -> int:
             say("stopped Label Studio and the backend")
 
 
-def _project_command(name: str, service: LabelStudioService, project: int, arguments: list[str]) -> None:
+def _project_command(name: str, service: LabelStudioService, project: int, arguments: list[str],
+                     extra_env: dict[str, str] | None = None) -> None:
     """Run ``mdsvqa <name> --url ... --project ...`` as its own process, the token in its environment."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_API_KEY": service.token}
+           "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_API_KEY": service.token,
+           **(extra_env or {})}
     command = [sys.executable, "-m", "ml_backend.cli", name, "--url", service.url, "--project", str(project),
                *arguments]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -182,16 +192,17 @@ def _project_command(name: str, service: LabelStudioService, project: int, argum
 
 
 def _prioritize(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str,
-                adapter: str) -> None:
-    # the backend's cache and model: the command reads the vision features the backend kept while scoring
+                adapter: str, env: dict[str, str]) -> None:
+    # the backend's cache, model and feature settings: the command reads the features the backend kept while scoring
     _project_command("prioritize", service, project,
-                     ["--budget", str(budget), "--cache-dir", str(cache_dir), "--base", base, "--adapter", adapter])
+                     ["--budget", str(budget), "--cache-dir", str(cache_dir), "--base", base, "--adapter", adapter],
+                     env)
 
 
 def _report(service: LabelStudioService, project: int, budget: int, *, cache_dir: Path, base: str, adapter: str,
-            out: Path) -> None:
+            env: dict[str, str], out: Path) -> None:
     _project_command("report", service, project, ["--budget", str(budget), "--cache-dir", str(cache_dir),
-                                                   "--base", base, "--adapter", adapter, "--out", str(out)])
+                                                   "--base", base, "--adapter", adapter, "--out", str(out)], env)
 
 
 def _print_queue(service: LabelStudioService, project: int, queue: list[dict], show: int) -> None:

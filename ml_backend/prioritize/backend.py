@@ -25,7 +25,7 @@ from typing import Any
 
 from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..settings import PrioritySettings
-from .features import FeatureRecorder, FeatureSource, FeatureStore, VisionFeatureComputer
+from .features import FeatureRecorder, FeatureSource, FeatureStore, feature_computer
 from .labelstudio import SEQUENTIAL, PriorityApi
 from .run import VIEW_TITLE, PriorityError, PrioritySummary, prioritize_project
 
@@ -201,7 +201,7 @@ class BackendPriority:
         store = self.recorder.store
         computer = None
         if store is not None and hasattr(scorer, "loaded") and hasattr(scorer, "settings"):
-            computer = VisionFeatureComputer(lambda: scorer.loaded, scorer.settings, self._resolver, connection)
+            computer = feature_computer(scorer.settings, lambda: scorer.loaded, self._resolver, connection)
         source = FeatureSource(store, computer) if store is not None else None
         try:
             summary = prioritize_project(

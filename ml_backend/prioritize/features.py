@@ -1,22 +1,25 @@
-"""The vision features the backend keeps per task media, for selection without re-decoding.
+"""The selection features the backend keeps per task media, for ordering without re-decoding.
 
 Features are stored per **media key** (the same key the backend store uses for scores:
 the task's video reference, made absolute for Label Studio paths) under
-``MDSVQA_CACHE_DIR/features/<identity>/``, one ``<sha256 of the key>_features.npz`` each
-(the reference layout ``mdsvqa select`` reads; loading and validation reuse
-``selection.features.load_features``). ``identity`` names what the features depend on:
-the base model (its vision tower: adapters never touch it, so retrained versions share
-features), dtype, device type, attention kernel and frame sampling.
+``MDSVQA_CACHE_DIR/features/<store folder>/``, one ``<sha256 of the key>_features.npz``
+each (the reference layout ``mdsvqa select`` reads; loading and validation reuse
+``selection.features.load_features``). The folder is named after the extractor identity
+(``ml_backend.features.identity``): ``clip:RN101:openai`` by default (every frame),
+``siglip2:<model>``, or ``vision:<fingerprint>`` (the base model's vision tower: adapters
+never touch it, so retrained versions share features). Each file records the identity
+too; files of a folder written before that are taken as the folder's.
 
 Three ways features get there:
 
-- while the backend scores: ``FeatureRecorder`` is the scorer's ``feature_sink``; a
+- while the backend scores: ``FeatureRecorder`` is the scorer's ``feature_sink`` (CLIP /
+  SigLIP2 from the scorer's own decode, or the tower during generation); a
   ``TrackingResolver`` around the media resolver tells it which media key each
   downloaded file belongs to;
 - ``mdsvqa score-project`` does the same;
 - tasks scored earlier (their score came from a cache, so the model never saw them) get
-  theirs from ``VisionFeatureExtractor`` when an ordering pass needs them
-  (``VisionFeatureComputer``).
+  theirs when an ordering pass needs them (``FrameFeatureComputer``: one decode with the
+  every-frame sink; ``VisionFeatureComputer`` for 'vision').
 """
 
 from __future__ import annotations
@@ -35,23 +38,16 @@ import numpy as np
 from ..errors import MdsVqaError
 from selection.features import features_path
 from selection.features import save_features as write_features
+from ..features.identity import extractor_identity, store_dirname, vision_identity
 from ..labelstudio.client import Connection
 from ..labelstudio.media import LocalMedia, MediaResolver, describe, media_key
 
 log = logging.getLogger(__name__)
 
-POOLING_VERSION = "vision-tower-temporal-mean-l2-v1"
-
 
 def feature_identity(spec: Any, video_settings: Any) -> str:
-    """Short stable name of everything the vision features depend on (not the adapter)."""
-    ident = {
-        "model": spec.identity(None),
-        "video": video_settings.model_dump(exclude={"max_side"}),
-        "pooling": POOLING_VERSION,
-    }
-    digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in ident.items())).encode()).hexdigest()[:16]
-    return f"vision-{digest}"
+    """Store folder of the vision-tower features (``vision-<fingerprint>``; not the adapter)."""
+    return store_dirname(vision_identity(spec, video_settings))
 
 
 def key_stem(key: str) -> str:
@@ -66,11 +62,24 @@ class LoadedTaskFeatures:
 
 
 class FeatureStore:
-    """Features of one identity, by media key."""
+    """Features of one extractor, by media key, in ``directory``."""
 
-    def __init__(self, root: str | Path, identity: str) -> None:
-        self.identity = identity
-        self.directory = Path(root) / identity
+    def __init__(self, directory: str | Path, extractor: str | None) -> None:
+        self.extractor = extractor  # identity recorded in (and required of) every file; None: read-only, any one
+        self.directory = Path(directory)
+
+    @classmethod
+    def under(cls, root: str | Path, extractor: str) -> "FeatureStore":
+        """The store of ``extractor`` in the features root (``MDSVQA_CACHE_DIR/features``)."""
+        return cls(Path(root) / store_dirname(extractor), extractor)
+
+    @classmethod
+    def for_settings(cls, root: str | Path, settings: Any, spec: Any = None) -> "FeatureStore":
+        return cls.under(root, extractor_identity(settings, spec))
+
+    @property
+    def identity(self) -> str:
+        return self.directory.name
 
     def path(self, key: str) -> Path:
         return features_path(self.directory, key_stem(key))
@@ -79,15 +88,23 @@ class FeatureStore:
         return self.path(key).is_file()
 
     def put(self, key: str, frames: np.ndarray) -> None:
-        write_features(self.directory, key_stem(key), frames)
+        if self.extractor is None:
+            raise ValueError(f"{self.directory}: a store opened without its extractor is read-only")
+        write_features(self.directory, key_stem(key), frames, extractor=self.extractor)
 
     def load(self, keys: Iterable[str]) -> LoadedTaskFeatures:
-        """Every key's frames, or the reason it has none (missing, unreadable, other dimension...)."""
+        """Every key's frames, or the reason it has none (missing, unreadable, other dimension...).
+
+        Raises ``MixedExtractorsError`` when a file records another extractor than the store's.
+        """
         from selection.features import load_features
 
         unique = list(dict.fromkeys(keys))
         by_stem = {key_stem(key): key for key in unique}
         loaded = load_features(self.directory, list(by_stem))
+        if self.extractor is not None:
+            loaded.extractors[f"(the store {self.directory.name})"] = self.extractor
+        loaded.extractor(unrecorded=self.extractor)  # older files of this folder are the folder's
         frames = {by_stem[stem]: array for stem, array in zip(loaded.names, loaded.frames)}
         problems = {by_stem[problem.name]: problem.reason for problem in loaded.problems}
         return LoadedTaskFeatures(frames, problems)
@@ -109,9 +126,9 @@ class FeatureRecorder:
         """Make ``scorer`` (a DifficultyScorer) report its features here; others are left alone."""
         spec, settings = getattr(scorer, "spec", None), getattr(scorer, "settings", None)
         if spec is None or settings is None or not hasattr(scorer, "feature_sink"):
-            log.info("scorer %s has no vision features to record", type(scorer).__name__)
+            log.info("scorer %s has no features to record", type(scorer).__name__)
             return scorer
-        self.store = FeatureStore(self.root, feature_identity(spec, settings.video))
+        self.store = FeatureStore.for_settings(self.root, settings, spec)
         scorer.feature_sink = self.sink
         return scorer
 
@@ -216,6 +233,49 @@ class FeatureSource:
         loaded = self.store.load(request.key for request in unique)
         loaded.problems.update({key: f"features could not be computed: {reason}" for key, reason in failed.items()})
         return loaded
+
+
+class FrameFeatureComputer:
+    """Fetch, decode once and embed every frame (CLIP / SigLIP2) of videos the scorer never saw."""
+
+    def __init__(self, settings: Any, resolver: MediaResolver, connection: Connection | None) -> None:
+        self._settings = settings
+        self._resolver = resolver
+        self._connection = connection
+
+    def compute(self, requests: Sequence[FeatureRequest], store: FeatureStore) -> dict[str, str]:
+        from ..features.frames import embed_video_frames, load_frame_encoder
+
+        try:
+            encoder = load_frame_encoder(self._settings)  # once per process
+        except MdsVqaError as exc:
+            return {request.key: str(exc) for request in requests}
+        failed: dict[str, str] = {}
+        for request in requests:
+            try:
+                media = self._resolver.fetch(request.ref, task_id=request.task_id, connection=self._connection)
+            except MdsVqaError as exc:
+                failed[request.key] = str(exc)
+                continue
+            try:
+                _decoded, frames = embed_video_frames(media.path, self._settings, encoder)
+                store.put(request.key, frames)
+            except MdsVqaError as exc:
+                failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
+            except Exception as exc:  # noqa: BLE001 - an unexpected decoder/encoder fault is this video's failure
+                log.exception("features of %s failed", describe(request.ref))
+                failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
+            finally:
+                media.release()
+        return failed
+
+
+def feature_computer(settings: Any, loaded: Callable[[], Any], resolver: MediaResolver,
+                     connection: Connection | None) -> FeatureComputer:
+    """The computer for the configured extractor (``loaded`` gives the model, for 'vision' only)."""
+    if settings.features.extractor == "vision":
+        return VisionFeatureComputer(loaded, settings, resolver, connection)
+    return FrameFeatureComputer(settings, resolver, connection)
 
 
 class VisionFeatureComputer:

@@ -86,6 +86,9 @@ class PrioritySummary:
     steps: list[SelectionStep] = field(default_factory=list)  # per pick: objective and its terms (index = task id)
     media: dict[int, str] = field(default_factory=dict)  # task -> its video reference
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # only with keep_frames=True (reports)
+    extractor: str | None = None  # the features' extractor identity
+    lam: float | None = None  # lambda the picks used (None: no pick was made)
+    lam_source: str = ""
 
     @property
     def queue(self) -> list[int]:
@@ -102,6 +105,8 @@ class PrioritySummary:
             f"  ordered (unlabeled, scored):  {self.pool}",
             f"  greedy picks:                 {len(self.picks)} (budget {self.budget}"
             f"{f'; only {self.pickable} tasks with features' if self.budget_clipped else ''})",
+            f"  features:                     {self.extractor or '-'}"
+            f"{f', lambda {self.lam:g} ({self.lam_source})' if self.lam is not None else ''}",
             f"  prediction scores written:    {self.updated} ({self.unchanged} already right)",
             f"  view:                         {VIEW_TITLE!r}, id {self.view_id} ({self.view_action})",
         ]
@@ -201,18 +206,20 @@ def ensure_view(client: PriorityApi, project_id: int) -> tuple[int, str]:
 
 def prioritize_project(client: PriorityApi, project_id: int, *, model_version: str | None = None,
                        features: FeatureSource | None = None, budget: int | None = None,
-                       budget_fraction: float = 0.05, lam: float = 0.25, device: str = "cpu",
+                       budget_fraction: float = 0.05, lam: float | None = None, device: str = "cpu",
                        set_project_version: bool = True, write: bool = True,
                        keep_frames: bool = False) -> PrioritySummary:
     """Order the project's unlabeled tasks and write the order into Label Studio (see module doc).
 
     ``write=False`` computes the same order and changes nothing in Label Studio (reports);
-    ``keep_frames`` keeps each task's features in the summary.
+    ``keep_frames`` keeps each task's features in the summary. ``lam`` None: the default of
+    the features' extractor (0.25 CLIP RN101, 0.075 SigLIP2; none for vision-tower features,
+    which then refuse to be picked from with a PriorityError saying why).
     """
     started = time.monotonic()
     if budget is not None and budget < 0:
         raise PriorityError(f"budget must be >= 0, got {budget}")
-    if not math.isfinite(lam) or lam < 0:
+    if lam is not None and (not math.isfinite(lam) or lam < 0):
         raise PriorityError(f"lambda must be a finite number >= 0, got {lam}")
     info = client.project(project_id)
     config = parse_label_config(info.label_config)  # LabelConfigError names what is missing
@@ -252,8 +259,14 @@ def prioritize_project(client: PriorityApi, project_id: int, *, model_version: s
     # Features of the pool and the seeds
     no_media: dict[int, str] = {}
     requests = _feature_requests(pool_tasks + seeds, config, client, no_media)
+    from selection.errors import SelectionError
+
+    summary.extractor = features.store.extractor if features is not None else None
     if features is not None and pool_tasks and summary.budget > 0:
-        loaded = features.features(list(requests.values()))
+        try:
+            loaded = features.features(list(requests.values()))
+        except SelectionError as exc:  # a store holding another extractor's files
+            raise PriorityError(f"{features.store.directory}: {exc}") from exc
         summary.features_computed = features.computed
     else:
         reason = "no feature store" if features is None else "not needed"
@@ -272,8 +285,15 @@ def prioritize_project(client: PriorityApi, project_id: int, *, model_version: s
         summary.without_features = {t.id: missing[t.id] for t in pool_tasks if t.id in missing}
         summary.seeds_without_features = {t.id: missing[t.id] for t in seeds if t.id in missing}
 
+    if summary.budget > 0 and candidates:
+        from selection.lambdas import resolve_lambda
+
+        try:
+            summary.lam, summary.lam_source = resolve_lambda(lam, summary.extractor)
+        except SelectionError as exc:
+            raise PriorityError(f"project {project_id}: {exc}") from exc
     summary.picks, summary.budget_clipped, summary.steps = _select(candidates, seed_ids, difficulty, frames,
-                                                                   summary.budget, lam, device)
+                                                                   summary.budget, summary.lam, device)
     summary.order = queue_order(summary.picks, difficulty)
     summary.difficulty = difficulty
     summary.media = {task_id: request.ref for task_id, request in requests.items()}

@@ -4,6 +4,11 @@ Decoding and patch building of the next batch run in worker threads while the mo
 works on the current one (decord and numpy release the GIL). A bad video becomes a
 failed result and never stops the others; a batch the model rejects is retried one
 video at a time so that only the culprit fails.
+
+With a ``feature_sink``, each video's selection features go there too, from the same
+decode: CLIP / SigLIP2 embeddings of every frame (``settings.features.extractor``, the
+decode's ``every_frame`` sink, in the decode threads) or the vision tower's output during
+generation ('vision'). A feature failure is logged and never fails the score.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MdsVqaError
+from ..features.frames import FrameFeatureAccumulator, FrameFeatureError, load_frame_encoder
 from ..features.vision import capture_vision_features
 from ..fileio import file_digest
 from ..model.loading import DIFFICULTY_ADAPTER, LoadedModel, ModelSpec, resolve_model, shared_model
@@ -52,6 +58,13 @@ class _Pending:
     path: Path
     key: str
     prepared: Future
+    features_sent: bool = False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    video: PreparedVideo
+    frame_features: np.ndarray | None = None  # every frame's CLIP/SigLIP2 embedding, from the same decode
 
 
 class DifficultyScorer:
@@ -67,8 +80,9 @@ class DifficultyScorer:
         self.task = task
         self.adapter = adapter
         self._loaded = loaded
-        # Receives the vision-tower embeddings of every video the model sees (one pass, both outputs).
+        # Receives the selection features of every video the model sees (one decode, both outputs).
         self.feature_sink = feature_sink
+        self._frame_encoder_warned = False
         self._generator: AnswerGenerator | None = None
         self._load_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="mdsvqa-decode")
@@ -160,14 +174,52 @@ class DifficultyScorer:
         for batch in prefetched_batches(misses, self._prepare, self.settings.batch_size, self._pool):
             yield from self._run_batch([_Pending(path, key, future) for (path, key), future in batch])
 
-    def _prepare(self, item: tuple[Path, str]) -> PreparedVideo:
-        return prepare_video(item[0], self.settings, self.loaded)
+    @property
+    def frame_features(self) -> bool:
+        """Whether features come from every decoded frame (clip, siglip2) rather than the vision tower."""
+        return self.feature_sink is not None and self.settings.features.extractor != "vision"
+
+    def _frame_encoder(self):
+        """The shared CLIP/SigLIP2 encoder, or None (logged once) when it cannot be loaded: scores go on."""
+        try:
+            return load_frame_encoder(self.settings)
+        except MdsVqaError as exc:
+            if not self._frame_encoder_warned:
+                self._frame_encoder_warned = True
+                log.error("no selection features while scoring: %s", exc)
+            return None
+
+    def _prepare(self, item: tuple[Path, str]) -> _Prepared:
+        path = item[0]
+        encoder = self._frame_encoder() if self.frame_features else None
+        if encoder is None:
+            return _Prepared(prepare_video(path, self.settings, self.loaded))
+        accumulator = FrameFeatureAccumulator(encoder, self.settings.features.batch_size, keep_going=True)
+        video = prepare_video(path, self.settings, self.loaded, every_frame=accumulator)
+        try:
+            features = accumulator.finish()
+        except FrameFeatureError as exc:
+            log.error("%s: no selection features: %s", path, exc)
+            features = None
+        return _Prepared(video, features)
+
+    def _send_features(self, item: _Pending, features: np.ndarray) -> None:
+        if item.features_sent or self.feature_sink is None:
+            return
+        item.features_sent = True
+        try:
+            self.feature_sink(item.path, features)
+        except Exception:  # noqa: BLE001 - a sink's failure must not fail the score
+            log.exception("storing the features of %s failed", item.path)
 
     def _run_batch(self, batch: list[_Pending]) -> Iterator[ScoreResult]:
         ready: list[tuple[_Pending, PreparedVideo]] = []
         for item in batch:
             try:
-                ready.append((item, item.prepared.result()))
+                prepared: _Prepared = item.prepared.result()
+                ready.append((item, prepared.video))
+                if prepared.frame_features is not None:
+                    self._send_features(item, prepared.frame_features)
             except MdsVqaError as exc:
                 yield self._result(item.path, error=str(exc))
             except Exception as exc:  # an unexpected decoder fault is still one item's failure
@@ -177,14 +229,14 @@ class DifficultyScorer:
             return
         try:
             videos = [video for _, video in ready]
-            if self.feature_sink is None:
+            if self.feature_sink is None or self.frame_features:
                 answers = self.generator.generate(videos)
             else:
                 grids = np.stack([video.grid_thw for video in videos])
                 with capture_vision_features(self.loaded, grids) as features:
                     answers = self.generator.generate(videos)
                 for (item, _video), embedding in zip(ready, features):
-                    self.feature_sink(item.path, embedding)
+                    self._send_features(item, embedding)
         except Exception:
             if len(ready) == 1:
                 item = ready[0][0]
@@ -210,9 +262,13 @@ class DifficultyScorer:
             self.cache.close()
 
 
-def prepare_video(path: Path, settings: Settings, loaded: LoadedModel) -> PreparedVideo:
-    """Decode and patch one video exactly as the model sees it (scoring and features alike)."""
-    return PreparedVideo.from_decoded(decode_video(path, settings.video), loaded.layout)
+def prepare_video(path: Path, settings: Settings, loaded: LoadedModel, *,
+                  every_frame: Callable[[np.ndarray, int], None] | None = None) -> PreparedVideo:
+    """Decode and patch one video exactly as the model sees it (scoring and features alike).
+
+    ``every_frame`` also receives every decoded frame of that same decode (see ``decode_video``).
+    """
+    return PreparedVideo.from_decoded(decode_video(path, settings.video, every_frame=every_frame), loaded.layout)
 
 
 def result_record(result: ScoreResult) -> dict:
