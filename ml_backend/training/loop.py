@@ -60,7 +60,7 @@ class StepReport:
 
 def make_batches(examples: Sequence[TrainExample], videos_per_step: int, rng: random.Random
                  ) -> list[list[TrainExample]]:
-    """Shuffled batches of ``videos_per_step`` videos from one dataset each.
+    """Shuffled batches of ``videos_per_step`` videos from one dataset each (one optimizer step each).
 
     Rewards compare videos within a batch, so a batch needs two videos: a one-video
     remainder joins the previous batch of its dataset; a dataset of one video is dropped.
@@ -104,6 +104,22 @@ def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: tor
     return loss, mean_kl
 
 
+def micro_batches(batch: Sequence[TrainExample], compared: int) -> list[list[TrainExample]]:
+    """A step's videos in micro-batches of ``compared`` (the rewards' comparison groups).
+
+    A one-video remainder joins the previous micro-batch: a lone video has nothing to be ranked against.
+    """
+    chunks = [list(batch[i:i + compared]) for i in range(0, len(batch), compared)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks[-2].extend(chunks.pop())
+    return chunks
+
+
+def linear_decay(total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor after ``step`` optimizer steps: 1 at the start, falling linearly to 0 at the end."""
+    return lambda step: max(0.0, (total_steps - step) / total_steps)
+
+
 def _rollout_count(objective: Objective, settings: TrainingSettings) -> int:
     return settings.group_size if objective == "quality" else 1  # g: one generation per video
 
@@ -125,22 +141,28 @@ def train(policy, examples: Sequence[TrainExample], settings: TrainingSettings, 
     if not params:
         raise TrainingDataError("the model has no trainable (LoRA) parameters")
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    first_epoch = make_batches(examples, settings.videos_per_step, rng)
+    compared, per_step = settings.geometry(objective)
+    first_epoch = make_batches(examples, per_step, rng)
     if not first_epoch:
         raise TrainingDataError("not enough videos for one training batch (each batch needs two)")
     total = len(first_epoch) * settings.epochs  # batch count depends only on dataset sizes
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total))
+    log.info("%s: %d videos compared per micro-batch, %d per optimizer step, %d steps, lr %.3g decaying "
+             "linearly to 0", objective, compared, per_step, total, settings.learning_rate)
     reports: list[StepReport] = []
     policy.model.train()
     step = 0
     for epoch in range(settings.epochs):
-        batches = first_epoch if epoch == 0 else make_batches(examples, settings.videos_per_step, rng)
+        batches = first_epoch if epoch == 0 else make_batches(examples, per_step, rng)
         for batch in batches:
             if step >= total:
                 return reports
             step += 1
-            report = _step(policy, optimizer, params, batch, settings, objective, task, step, total, epoch, rng)
+            report = _step(policy, optimizer, params, micro_batches(batch, compared), settings, objective, task,
+                           step, total, epoch, rng)
+            schedule.step()
             if report is None:
                 continue
             reports.append(report)
@@ -151,12 +173,12 @@ def train(policy, examples: Sequence[TrainExample], settings: TrainingSettings, 
     return reports
 
 
-def _step(policy, optimizer, params, batch, settings: TrainingSettings, objective: Objective, task: str,
-          step: int, total: int, epoch: int, rng: random.Random) -> StepReport | None:
-    started = time.monotonic()
+def _rollouts(policy, micro: Sequence[TrainExample], settings: TrainingSettings, objective: Objective, task: str,
+              step: int, rng: random.Random):
+    """Sampled answers of one micro-batch and their advantages (rewards compare its videos only)."""
     count = _rollout_count(objective, settings)
     rollouts = []
-    for example in batch:
+    for example in micro:
         try:
             prompt = policy.encode(example.video, task, draw=rng)  # frames redrawn at every step
         except VideoError as exc:
@@ -166,40 +188,53 @@ def _step(policy, optimizer, params, batch, settings: TrainingSettings, objectiv
                                     max_new_tokens=settings.max_new_tokens)
         rollouts.append((example, prompt, completions))
     if len(rollouts) < 2:
-        log.warning("step %d: fewer than two usable videos, skipped", step)
+        log.warning("step %d: a micro-batch with fewer than two usable videos is skipped", step)
         return None
-
     mos = np.array([example.mos for example, _, _ in rollouts])
     if objective == "quality":
         scored = R.quality_rewards([c.texts for _, _, c in rollouts], mos)
-        advantages = scored["advantage"]
-        reward = float(scored["reward"].mean())
-        formatted = float(scored["format"].mean())
-    else:
-        f = np.array([example.f_score for example, _, _ in rollouts])
-        scored = R.difficulty_rewards([c.texts[0] for _, _, c in rollouts], f, mos)
-        advantages = scored["advantage"][:, None]
-        reward = float(scored["advantage"].mean())
-        formatted = float(1.0 - scored["penalty"].mean())
-    parsed = float(np.isfinite(scored["scores"]).mean())
+        return rollouts, scored["advantage"], scored["reward"].ravel(), scored["format"].ravel(), scored["scores"]
+    f = np.array([example.f_score for example, _, _ in rollouts])
+    scored = R.difficulty_rewards([c.texts[0] for _, _, c in rollouts], f, mos)
+    return (rollouts, scored["advantage"][:, None], scored["advantage"], 1.0 - scored["penalty"],
+            scored["scores"])
 
+
+def _step(policy, optimizer, params, micros: list[list[TrainExample]], settings: TrainingSettings,
+          objective: Objective, task: str, step: int, total: int, epoch: int, rng: random.Random) -> StepReport | None:
+    """One optimizer step accumulated over micro-batches, as the reference's GPUs x accumulation steps.
+
+    Each micro-batch's loss is its mean over videos, divided by the number of micro-batches:
+    the gradient equals the mean over micro-batches that data parallelism and accumulation give.
+    """
+    started = time.monotonic()
+    scored = [r for micro in micros if (r := _rollouts(policy, micro, settings, objective, task, step, rng))]
+    if not scored:
+        log.warning("step %d: no micro-batch with two usable videos, skipped", step)
+        return None
     optimizer.zero_grad(set_to_none=True)
-    losses, kls = [], []
-    for (example, prompt, completions), video_advantages in zip(rollouts, advantages):
-        logp = policy.token_logprobs(prompt, completions)
-        ref = None
-        if settings.kl_beta > 0:
-            with torch.no_grad():
-                ref = policy.token_logprobs(prompt, completions, use_adapter=False)
-        adv = torch.as_tensor(video_advantages, dtype=torch.float32, device=logp.device)
-        loss, kl = policy_gradient_loss(logp, adv, completions.mask.to(logp.device), ref, settings.kl_beta)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: non-finite loss on {example.video}")
-        (loss / len(rollouts)).backward()
-        losses.append(float(loss.detach()))
-        kls.append(float(kl))
+    losses, kls, rewards, formats, parsed, videos = [], [], [], [], [], 0
+    for rollouts, advantages, reward, formatted, scores in scored:
+        for (example, prompt, completions), video_advantages in zip(rollouts, advantages):
+            logp = policy.token_logprobs(prompt, completions)
+            ref = None
+            if settings.kl_beta > 0:
+                with torch.no_grad():
+                    ref = policy.token_logprobs(prompt, completions, use_adapter=False)
+            adv = torch.as_tensor(video_advantages, dtype=torch.float32, device=logp.device)
+            loss, kl = policy_gradient_loss(logp, adv, completions.mask.to(logp.device), ref, settings.kl_beta)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: non-finite loss on {example.video}")
+            (loss / len(rollouts) / len(scored)).backward()
+            losses.append(float(loss.detach()))
+            kls.append(float(kl))
+        videos += len(rollouts)
+        rewards.extend(np.ravel(reward))
+        formats.extend(np.ravel(formatted))
+        parsed.extend(np.isfinite(np.ravel(scores)))
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
-    return StepReport(step=step, total_steps=total, epoch=epoch, videos=len(rollouts),
-                      loss=float(np.mean(losses)), kl=float(np.mean(kls)), reward=reward, parsed=parsed,
-                      formatted=formatted, seconds=time.monotonic() - started)
+    return StepReport(step=step, total_steps=total, epoch=epoch, videos=videos,
+                      loss=float(np.mean(losses)), kl=float(np.mean(kls)), reward=float(np.mean(rewards)),
+                      parsed=float(np.mean(parsed)), formatted=float(np.mean(formats)),
+                      seconds=time.monotonic() - started)

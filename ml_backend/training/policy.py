@@ -155,9 +155,14 @@ class Policy:
     @torch.no_grad()
     def sample(self, prompt: VideoPrompt, count: int, *, temperature: float, max_new_tokens: int,
                use_adapter: bool = True) -> Completions:
-        """``count`` sampled answers (top-k 50, top-p 1, as the reference samples)."""
-        sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=True, temperature=temperature,
-                                   top_k=TOP_K, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=count,
+        """``count`` sampled answers with the rollouts' own generation config.
+
+        Explicit and complete (temperature, top-k 50, top-p 1, no repetition penalty), as the
+        reference's trainer builds it: nothing is inherited from the checkpoint's
+        generation_config.json (Qwen2.5-VL ships repetition_penalty 1.05 there).
+        """
+        sequences = self._generate(prompt, use_adapter=use_adapter,
+                                   generation_config=rollout_generation_config(temperature, max_new_tokens, count),
                                    suppress_tokens=self.prompts.placeholder_ids())
         tokens = sequences[:, prompt.input_ids.shape[1]:]
         mask = completion_mask(tokens, self.eos_ids)
@@ -242,6 +247,14 @@ class Policy:
         import contextlib
 
         return contextlib.nullcontext() if enabled else self.model.disable_adapter()
+
+
+def rollout_generation_config(temperature: float, max_new_tokens: int, count: int):
+    """The generation config of training rollouts, built from scratch (SPEC 6)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=TOP_K, top_p=1.0, repetition_penalty=1.0,
+                            max_new_tokens=max_new_tokens, num_return_sequences=count)
 
 
 def completion_mask(tokens: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
