@@ -61,7 +61,9 @@ class GradientRecorder:
 
 
 def test_accumulated_micro_batches_equal_the_mean_over_devices(tiny_model_dir, monkeypatch):
-    """One step over 2 micro-batches of 2 videos equals the mean of the 2 micro-batch mean losses."""
+    """One step over micro-batches of 2 and 3 videos equals the mean of the two micro-batch mean losses.
+
+    (Unequal sizes: dividing by the step's video count instead would give other gradients.)"""
     monkeypatch.setattr(L, "MAX_GRAD_NORM", float("inf"))  # compare raw gradients
     policy, settings = _policy(tiny_model_dir, group_size=2)
     right, wrong = "<think>x</think><answer>1</answer>", "<think>x</think><answer>5</answer>"
@@ -69,7 +71,8 @@ def test_accumulated_micro_batches_equal_the_mean_over_devices(tiny_model_dir, m
     scripted = ScriptedRollouts(policy, answers)
     params = policy.trainable_parameters()
     policy.model.eval()  # LoRA dropout off: both computations must see the same network
-    micros = [[TrainExample(LOW, 1.0), TrainExample(HIGH, 5.0)], [TrainExample(HIGH, 5.0), TrainExample(LOW, 1.0)]]
+    micros = [[TrainExample(LOW, 1.0), TrainExample(HIGH, 5.0)],
+              [TrainExample(HIGH, 5.0), TrainExample(LOW, 1.0), TrainExample(LOW, 1.5)]]
     recorder = GradientRecorder(params)
     L._step(scripted, recorder, params, micros, settings.training, "quality", "quality", 1, 1, 0, random.Random(0))
 
