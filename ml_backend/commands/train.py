@@ -26,7 +26,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--group-size", type=int, help="Sampled answers per video (GRPO G).")
-    parser.add_argument("--videos-per-step", type=int)
+    parser.add_argument("--videos-per-step", type=int,
+                        help="Videos per optimizer step (MDSVQA_TRAIN_VIDEOS_PER_STEP; default 16 for f, 64 for g).")
+    parser.add_argument("--videos-compared", type=int,
+                        help="Videos per micro-batch, compared by the rewards (MDSVQA_TRAIN_VIDEOS_COMPARED; "
+                        "default 2 for f, 8 for g).")
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--held-out-fraction", type=float)
     parser.add_argument("--seed", type=int, help="Split and rollout seed.")
@@ -47,6 +51,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     training = {
         "max_steps": args.max_steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
         "group_size": args.group_size, "videos_per_step": args.videos_per_step,
+        "videos_compared": args.videos_compared,
         "max_new_tokens": args.max_new_tokens, "held_out_fraction": args.held_out_fraction,
         "split_seed": args.seed,
     }
