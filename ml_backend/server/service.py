@@ -136,7 +136,7 @@ class BackendService:
         self.access = AccessPolicy.from_settings(settings)
         self.store = BackendStore(settings.backend_state_path)
         self.configs = ConfigCache()
-        # Vision features of every scored video are kept for the queue ordering (ml_backend/prioritize).
+        # Selection features of every scored video are kept for the queue ordering (ml_backend/prioritize).
         self.features = FeatureRecorder(settings.cache_dir / "features")
         if follower is None and scorer_factory is None:
             from .live import VersionFollower
