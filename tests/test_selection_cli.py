@@ -219,3 +219,29 @@ def test_extractors_are_never_mixed(workspace, capsys, other):
     assert f"'{CLIP_RN101_OPENAI}': 15 video(s)" in err
     assert (repr(other) if other else "not recorded") in err
     assert not (workspace["dir"] / "picks.json").exists()
+
+
+def test_diagnostic_reports_the_quality_model_on_the_pool_and_on_the_picks(workspace, capsys):
+    from ml_backend.training.evaluation import evaluate
+
+    rng = np.random.default_rng(1)
+    names = workspace["names"]
+    mos = {name: float(rng.uniform(1, 5)) for name in names}
+    f = {name: {"score": round(mos[name] + float(rng.normal(0, 0.7)), 2)} for name in names}
+    (workspace["dir"] / "f.json").write_text(json.dumps(f))
+    (workspace["dir"] / "mos.jsonl").write_text("".join(json.dumps({"video": f"/pool/{n}", "mos": m}) + "\n"
+                                                       for n, m in mos.items()))
+    code = run_select(workspace, "--budget", "8", "--mos", str(workspace["dir"] / "mos.jsonl"),
+                      "--baseline", str(workspace["dir"] / "f.json"))
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    picks = json.loads((workspace["dir"] / "picks.json").read_text())
+    whole = evaluate([f[n]["score"] for n in names], [mos[n] for n in names])
+    subset = evaluate([f[n]["score"] for n in picks], [mos[n] for n in picks])
+    assert out == [f"quality model on all labeled videos: SRCC {whole.srcc:.4f}, PLCC {whole.plcc:.4f} (n=20)",
+                   f"quality model on the picks: SRCC {subset.srcc:.4f}, PLCC {subset.plcc:.4f} (n=8)"]
+
+
+def test_diagnostic_needs_both_files(workspace, capsys):
+    assert run_select(workspace, "--budget", "2", "--mos", str(workspace["scores"])) == 2
+    assert "both --mos and --baseline" in capsys.readouterr().err

@@ -23,30 +23,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from selection.files import read_scores
 
-    from ..errors import TrainingDataError
-    from ..training.data import load_labels
-    from ..training.evaluation import evaluate
+    from ..training.data import mos_by_file_name
+    from ..training.evaluation import evaluate_by_name
 
     scores = read_scores(args.scores)
-    labels = load_labels(args.labels, check_videos=False)
-    mos: dict[str, float] = {}
-    clashes: list[str] = []
-    for row in labels.rows:
-        name = Path(row.video).name
-        if name in mos:
-            clashes.append(name)
-        mos[name] = row.mos
-    if clashes:
-        raise TrainingDataError(f"{args.labels}: file names labeled more than once (matching is by file name): "
-                                f"{', '.join(sorted(set(clashes))[:5])}")
-    names = [name for name in scores.scores if name in mos]
-    result = evaluate([scores.scores[n] for n in names], [mos[n] for n in names]).to_json()
-    if not names:
-        result["reason"] = "no scored video has a label (matching is by file name)"
+    mos, labels = mos_by_file_name(args.labels)
+    result = evaluate_by_name(scores.scores, mos).to_json()
     report = {
         "srcc": result["srcc"], "plcc": result["plcc"], "n": result["count"], "fit": result["fit"],
         "reason": result["reason"],

@@ -46,6 +46,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--store-dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
                         help="Precision of the stored features. float16/bfloat16 halve memory but are approximate "
                         "(exact greedy on rounded features); default float32.")
+    parser.add_argument("--mos", metavar="LABELS.jsonl",
+                        help='With --baseline: labels {"video", "mos"} for the reference\'s diagnostic, the quality '
+                        "model's SRCC/PLCC on the whole labeled pool and on the picks (lower on the picks: they are hard).")
+    parser.add_argument("--baseline", metavar="SCORES.json",
+                        help="The quality model f's scores of the pool (reference JSON) for the diagnostic.")
     parser.add_argument("--out", required=True, metavar="FILE", help="Picks, a JSON list of names (written atomically).")
     parser.add_argument("--details", metavar="FILE",
                         help="Also write per step: name, objective, difficulty, mean_distance (JSON).")
@@ -87,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.budget < 0:
         raise SelectionInputError(f"--budget must be >= 0, got {args.budget}")
+    if bool(args.mos) != bool(args.baseline):
+        raise SelectionInputError("the diagnostic needs both --mos and --baseline")
     device = _resolve_device(args.device)
     scores = read_scores(args.scores)
     labeled = read_name_list(args.labeled, "labeled list") if args.labeled else []
@@ -155,4 +162,26 @@ def _run(args: argparse.Namespace) -> int:
         _report(f"budget {args.budget} exceeds the {n_candidates} candidates: all of them are ordered")
     _report(f"picked {len(picks)} of {n_candidates} candidates ({len(initial)} labeled, {len(left_out)} left out) "
             f"in {seconds:.2f} s -> {args.out}")
+    if args.mos and args.baseline:
+        for line in diagnostic_lines(args.baseline, args.mos, picks):
+            print(line)
     return 0
+
+
+def diagnostic_lines(baseline: str, labels: str, picks: list[str]) -> list[str]:
+    """The reference's check after selection: f's SRCC/PLCC on the labeled pool, then on the picks."""
+    from selection.files import read_scores
+
+    from ..training.data import mos_by_file_name
+    from ..training.evaluation import evaluate_by_name
+
+    f_scores = read_scores(baseline).scores
+    mos, _labels = mos_by_file_name(labels)
+    lines = []
+    for what, names in (("all labeled videos", None), ("the picks", picks)):
+        result = evaluate_by_name(f_scores, mos, names)
+        if result.ok:
+            lines.append(f"quality model on {what}: SRCC {result.srcc:.4f}, PLCC {result.plcc:.4f} (n={result.count})")
+        else:
+            lines.append(f"quality model on {what}: undefined (n={result.count}): {result.reason}")
+    return lines

@@ -213,3 +213,22 @@ def data_hash(rows: Iterable[LabelRow]) -> str:
     """
     entries = sorted(f"{file_digest(row.video)}:{row.mos!r}" for row in rows)
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def mos_by_file_name(path: str | os.PathLike) -> tuple[dict[str, float], LabelSet]:
+    """MOS of a JSONL label file keyed by the video's file name (how scores files name videos).
+
+    Raises :class:`TrainingDataError` when two labeled videos share a file name.
+    """
+    labels = load_labels(path, check_videos=False)
+    mos: dict[str, float] = {}
+    clashes: set[str] = set()
+    for row in labels.rows:
+        name = Path(row.video).name
+        if name in mos:
+            clashes.add(name)
+        mos[name] = row.mos
+    if clashes:
+        raise TrainingDataError(f"{path}: file names labeled more than once (matching is by file name): "
+                                f"{', '.join(sorted(clashes)[:5])}")
+    return mos, labels

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -104,3 +105,14 @@ def evaluate(predictions: ArrayLike, mos: ArrayLike) -> Evaluation:
     if not (math.isfinite(srcc) and math.isfinite(plcc)):
         return _undefined(count, "the correlations are undefined for these values", fit)
     return Evaluation(srcc, plcc, count, fit)
+
+
+def evaluate_by_name(predictions: dict[str, float], mos: dict[str, float],
+                     names: Iterable[str] | None = None) -> Evaluation:
+    """:func:`evaluate` over the videos present in both (and in ``names`` when given), matched by name."""
+    wanted = set(names) if names is not None else None
+    matched = [n for n in predictions if n in mos and (wanted is None or n in wanted)]
+    result = evaluate([predictions[n] for n in matched], [mos[n] for n in matched])
+    if not matched:
+        return _undefined(0, "no scored video has a label (matching is by file name)")
+    return result
