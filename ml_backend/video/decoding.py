@@ -66,6 +66,10 @@ class DecodedVideo:
 
 
 def _import_decord():
+    # decord2 loads every site-packages/nvidia/*/lib/*.so globally (libnvblas among them); when
+    # torch comes after it, torch's CPU matrix products crash. torch first keeps its own BLAS.
+    import torch  # noqa: F401
+
     try:
         import decord
     except ImportError as exc:  # pragma: no cover - dependency is declared
