@@ -162,3 +162,18 @@ def test_find_videos_expands_folders_and_keeps_named_files(tmp_path, shared_vide
     assert names[:4] == SHARED_VIDEO_NAMES
     assert "clip.MP4" in names and "named.dat" in names and "readme.txt" not in names
     assert problems == []
+
+
+def test_decoding_first_then_torch_math_does_not_crash(shared_videos):
+    """decord2 loads NVIDIA libraries globally; torch imported after it crashed on a CPU matmul."""
+    import subprocess
+    import sys
+
+    code = ("from ml_backend.video.decoding import decode_video\n"
+            f"decode_video({str(shared_videos / 'carphone_distorted.mp4')!r})\n"
+            "import torch\n"
+            "a = torch.randn(512, 512)\n"
+            "print(float((a @ a).abs().sum()) > 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
