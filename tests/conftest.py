@@ -65,3 +65,14 @@ def label_studio(tmp_path_factory):
     ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
     yield ls
     stop_process(ls.process)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: the machine is shared, and one thread is also fastest for the tiny model."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

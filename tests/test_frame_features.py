@@ -108,7 +108,6 @@ class _MeanEncoder:
         self.batches = []
 
     def preprocess(self, frames):
-        import torch
 
         return {"pixel_values": torch.from_numpy(frames.reshape(len(frames), -1, 3).mean(axis=1))}
 
@@ -223,7 +222,6 @@ def test_missing_clip_weights_offline_name_them():
 def test_clip_checkpoint_file_is_loaded(tmp_path):
     """A local weights file goes through the same loader (a small ResNet CLIP config, to stay fast)."""
     import open_clip
-    import torch
 
     from ml_backend.features.clip import ClipFrameEncoder
 
@@ -264,7 +262,6 @@ def tiny_siglip(tmp_path_factory):
 
 
 def test_siglip2_features_are_get_image_features_not_normalised(tiny_siglip, tmp_path):
-    import torch
     from PIL import Image
     from transformers import AutoModel
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil

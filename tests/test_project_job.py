@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from ml_backend import cli
@@ -81,15 +80,7 @@ def test_describe_metrics_reports_the_change():
     assert improvement(m(0.5), m(None)) == {"srcc": None, "plcc": 0.0}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, shared_videos, tmp_path, one_thread):
+def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, shared_videos, tmp_path, one_torch_thread):
     """Sampled answers of the tiny model never parse; the constrained fallback still gives each video an f."""
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")

@@ -24,12 +24,7 @@ from .training_helpers import SHARED_VIDEOS
 LOW, HIGH = SHARED_VIDEOS / "carphone_distorted.mp4", SHARED_VIDEOS / "bikes.mp4"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedRollouts:

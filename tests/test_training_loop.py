@@ -83,12 +83,7 @@ def changed(policy: Policy, before: dict[str, torch.Tensor]) -> set[str]:
     return {name for name, p in policy.model.named_parameters() if not torch.equal(p.detach(), before[name])}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one thread is also fastest for the tiny model
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_quality_grpo_steps_change_only_lora_weights(tiny_model_dir):

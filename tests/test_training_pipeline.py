@@ -26,12 +26,7 @@ TRAINING = dict(max_frames=4, frame_side=56, max_new_tokens=8, group_size=2, vid
                 learning_rate=1e-3, min_train_labels=2, min_held_out_labels=3, held_out_fraction=0.5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -251,23 +251,36 @@ class FrameFeatureComputer:
         except MdsVqaError as exc:
             return {request.key: str(exc) for request in requests}
         failed: dict[str, str] = {}
-        for request in requests:
-            try:
-                media = self._resolver.fetch(request.ref, task_id=request.task_id, connection=self._connection)
-            except MdsVqaError as exc:
-                failed[request.key] = str(exc)
-                continue
-            try:
-                _decoded, frames = embed_video_frames(media.path, self._settings, encoder)
-                store.put(request.key, frames)
-            except MdsVqaError as exc:
-                failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
-            except Exception as exc:  # noqa: BLE001 - an unexpected decoder/encoder fault is this video's failure
-                log.exception("features of %s failed", describe(request.ref))
-                failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
-            finally:
-                media.release()
+
+        def embed(request: FeatureRequest, path) -> None:
+            store.put(request.key, embed_video_frames(path, self._settings, encoder)[1])
+
+        for_each_media(requests, self._resolver, self._connection, failed, embed)
         return failed
+
+
+def for_each_media(requests: Sequence[FeatureRequest], resolver: MediaResolver, connection: Connection | None,
+                   failed: dict[str, str], work: Callable[[FeatureRequest, Any], None]) -> None:
+    """Fetch each request's media and run ``work(request, local path)``; a failure is that video's only.
+
+    Errors land in ``failed`` by request key, with the temporary path replaced by the task's
+    media reference; the local copy is released after ``work`` either way.
+    """
+    for request in requests:
+        try:
+            media = resolver.fetch(request.ref, task_id=request.task_id, connection=connection)
+        except MdsVqaError as exc:
+            failed[request.key] = str(exc)
+            continue
+        try:
+            work(request, media.path)
+        except MdsVqaError as exc:
+            failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
+        except Exception as exc:  # noqa: BLE001 - an unexpected decoder/encoder fault is this video's failure
+            log.exception("features of %s failed", describe(request.ref))
+            failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
+        finally:
+            media.release()
 
 
 def feature_computer(settings: Any, loaded: Callable[[], Any], resolver: MediaResolver,
@@ -311,22 +324,11 @@ class VisionFeatureComputer:
                     store.put(request.key, embedding)
             batch.clear()
 
-        for request in requests:
-            try:
-                media = self._resolver.fetch(request.ref, task_id=request.task_id, connection=self._connection)
-            except MdsVqaError as exc:
-                failed[request.key] = str(exc)
-                continue
-            try:
-                batch.append((request, prepare_video(media.path, self._settings, loaded)))
-            except MdsVqaError as exc:
-                failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
-            except Exception as exc:  # noqa: BLE001 - an unexpected decoder fault is this video's failure
-                log.exception("decoding %s failed", describe(request.ref))
-                failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
-            finally:
-                media.release()
+        def prepare(request: FeatureRequest, path) -> None:
+            batch.append((request, prepare_video(path, self._settings, loaded)))
             if len(batch) >= max(1, int(self._settings.batch_size)):
                 flush()
+
+        for_each_media(requests, self._resolver, self._connection, failed, prepare)
         flush()
         return failed
