@@ -54,7 +54,10 @@ def settings_for(root: Path) -> Settings:
                     training=TRAINING)
 
 
-def test_run_training_publishes_a_loadable_version(tiny_model_dir, labels, tmp_path):
+def test_run_training_publishes_a_loadable_version(tiny_model_dir, labels, tmp_path, caplog, capsys):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ml_backend.training.pipeline")
     model_dir = tmp_path / "models"
     progress: list[float] = []
     start = tiny_model_dir / "adapter"  # random LoRA: the KL term alone moves it, whatever the rewards
@@ -69,8 +72,20 @@ def test_run_training_publishes_a_loadable_version(tiny_model_dir, labels, tmp_p
                                                                  "skipped": 1}
     assert meta["metrics_before"]["total"] == 3 and meta["metrics_after"]["total"] == 3
     assert meta["steps"] == 1 and meta["tiny_model"] is True and meta["parent"] is None
+    protocol = meta["protocol"]
+    assert protocol["geometry"] == {"videos_compared": 2, "videos_per_step": 3, "rollouts_per_video": 2}
+    assert protocol["schedule"]["decay"] == "linear to 0" and protocol["split"]["seed"] == 0
+    assert protocol["data"]["regime"].startswith("target only") and protocol["data"]["source"] == 0
+    assert "4-parameter logistic" in protocol["metric"] and "redrawn every step" in protocol["frames"]["training"]
     assert len(outcome.skipped_labels) == 1 and "missing.mp4" in outcome.skipped_labels[0]
     assert progress == sorted(progress) and progress[-1] == 1.0
+    assert "no source-domain labels" in caplog.text
+    from ml_backend.cli import main
+
+    assert main(["versions", "--model-dir", str(model_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "geometry 2 videos compared per micro-batch, 3 per step" in shown
+    assert "data target only (no source-domain labels): 3 target + 0 source to train, 3 held out (seed 0)" in shown
 
     saved = load_file(version.adapter_path / "adapter_model.safetensors")
     initial = load_file(start / "adapter_model.safetensors")

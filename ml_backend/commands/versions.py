@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..settings import load_settings
-    from ..training.reporting import describe_metrics, store_summary
+    from ..training.reporting import describe_metrics, describe_protocol, store_summary
     from ..training.versions import VersionStore
 
     model_dir = args.model_dir or load_settings().model_dir
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         origin = f"  project {source['label_studio_project']}" if source.get("label_studio_project") else ""
         print(f"{mark} {version['id']}  {version['kind']:<10} {version['created'][:19]}{origin}")
         print(f"    held-out {describe_metrics(version['metrics_before'], version['metrics_after'])}")
+        for line in describe_protocol(version.get("protocol")):
+            print(f"    {line}")
         print(f"    {version['path']}" + (f"  (from {version['parent']})" if version["parent"] else ""))
     for kind, active in summary["active"].items():
         print(f"active {kind}: {active or 'none (stock model)'}")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import TrainingDataError
-from ..settings import Settings, load_settings
+from ..settings import Settings, TrainingSettings, load_settings
 from .data import LabelRow, LabelSet, data_hash, load_labels, split_labels
 from .evaluation import evaluate
 from .rewards import normalize_mos
@@ -190,7 +190,12 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
 
     # 5. Publish, then maybe activate.
     kind = objective
-    with store.draft(kind, parent=parent, data_hash=hash_of_data, settings={
+    protocol = training_protocol(ts, objective, source=len(source_rows), train=len(split.train),
+                                 held_out=len(split.held_out))
+    if not source_rows:
+        log.warning("no source-domain labels: training on the target labels only (the reference trains on "
+                    "its 813 source videos plus the target picks); pass source labels (MDSVQA_TRAIN_SOURCE_LABELS)")
+    with store.draft(kind, parent=parent, data_hash=hash_of_data, protocol=protocol, settings={
         "objective": objective, "base": settings.base, "start_adapter": start_adapter,
         "training": ts.model_dump(mode="json"), "mos_range": list(mos_range) if mos_range else None,
         "labels": {"train": len(split.train), "held_out": len(split.held_out), "source": len(source_rows),
@@ -206,6 +211,28 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
         store.activate(version.id)
     report(1.0, f"published {version.id}" + (" (active)" if activated else ""))
     return TrainingOutcome(version.id, kind, activated, before, after, len(steps), skipped)
+
+
+def training_protocol(ts: TrainingSettings, objective: str, *, source: int, train: int, held_out: int
+                      ) -> dict[str, Any]:
+    """What a version's numbers mean: geometry, schedule, frames, data regime, split, seeds, metric."""
+    compared, per_step = ts.geometry(objective)
+    return {
+        "geometry": {"videos_compared": compared, "videos_per_step": per_step,
+                     "rollouts_per_video": ts.group_size if objective == "quality" else 1},
+        "schedule": {"learning_rate": ts.learning_rate, "decay": "linear to 0", "epochs": ts.epochs,
+                     "max_steps": ts.max_steps, "kl_beta": ts.kl_beta},
+        "rollouts": {"temperature": ts.temperature, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0,
+                     "max_new_tokens": ts.max_new_tokens},
+        "frames": {"training": f"{ts.max_frames} random sorted frames of the 2-fps sample, redrawn every step, "
+                   f"squashed to {ts.frame_side}x{ts.frame_side}", "evaluation": "the inference input"},
+        "data": {"target_train": train, "target_held_out": held_out, "source": source,
+                 "regime": "source + target" if source else "target only (no source-domain labels)"},
+        "split": {"held_out_fraction": ts.held_out_fraction, "seed": ts.split_seed},
+        "seeds": {"split": ts.split_seed, "rollouts_and_frames": ts.split_seed},
+        "metric": "SRCC and PLCC on held-out target labels after the reference's 4-parameter logistic fit "
+                  "(raw predictions when the fit is NaN or constant)",
+    }
 
 
 def _resolve_start(store: VersionStore, objective: str, adapter: str | None, settings: Settings

@@ -64,6 +64,7 @@ def version_summary(version: VersionInfo, active: dict[str, str | None]) -> dict
         "labels": labels,
         "source": meta.get("source"),
         "f_model": meta.get("f_model"),
+        "protocol": meta.get("protocol"),
         "metrics_before": meta.get("metrics_before"),
         "metrics_after": meta.get("metrics_after"),
         "improvement": improvement(meta.get("metrics_before"), meta.get("metrics_after")),
@@ -74,3 +75,19 @@ def store_summary(store: VersionStore) -> dict[str, Any]:
     """Every complete version (oldest first) and the active one of each kind."""
     active = {kind: store.pointer(kind).version for kind in KINDS}
     return {"active": active, "versions": [version_summary(v, active) for v in store.list()]}
+
+
+def describe_protocol(protocol: dict | None) -> list[str]:
+    """The lines ``mdsvqa versions`` prints about how a version was trained and measured."""
+    if not protocol:
+        return ["training protocol not recorded (an older version)"]
+    g, sc, data = protocol["geometry"], protocol["schedule"], protocol["data"]
+    return [
+        f"geometry {g['videos_compared']} videos compared per micro-batch, {g['videos_per_step']} per step, "
+        f"{g['rollouts_per_video']} rollout(s) per video; lr {sc['learning_rate']:g} {sc['decay']}, "
+        f"{sc['epochs']} epoch(s)",
+        f"frames {protocol['frames']['training']}",
+        f"data {data['regime']}: {data['target_train']} target + {data['source']} source to train, "
+        f"{data['target_held_out']} held out (seed {protocol['split']['seed']})",
+        f"metric {protocol['metric']}",
+    ]
