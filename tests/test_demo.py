@@ -38,3 +38,18 @@ def test_demo_check_runs_the_whole_loop_and_stops_everything(tmp_path, label_stu
 
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_kept_label_studio_data_dir_keeps_its_user(tmp_path):
+    """A second demo in the same folder logs in as the first (Label Studio makes the user only once)."""
+    from ml_backend.demo.processes import _studio_identity
+
+    first = _studio_identity(tmp_path, "demo@x.invalid", None, None)
+    (tmp_path / "label-studio-data").mkdir()  # what the first Label Studio leaves behind
+    assert _studio_identity(tmp_path, "demo@x.invalid", None, None) == first
+    assert (tmp_path / "identity.json").stat().st_mode & 0o777 == 0o600
+    # a data dir whose user is not known (or other credentials asked for) is started afresh
+    (tmp_path / "identity.json").unlink()
+    (tmp_path / "label-studio-data" / "label_studio.sqlite3").write_text("old user")
+    fresh = _studio_identity(tmp_path, "demo@x.invalid", None, None)
+    assert fresh != first and not (tmp_path / "label-studio-data").exists()

@@ -151,6 +151,33 @@ class LabelStudioService:
     managed: ManagedProcess
 
 
+def _studio_identity(workdir: Path, username: str, password: str | None, token: str | None
+                     ) -> tuple[str, str, str]:
+    """The user of this data dir: made once and kept beside it, so a second run logs in as the first.
+
+    Label Studio creates the user (and its token) only when the data dir is new; a data dir
+    from a run that kept no identity is started afresh instead of failing with "Invalid token".
+    """
+    import json
+    import shutil
+
+    from ..fileio import atomic_write_json
+
+    data_dir, saved = workdir / "label-studio-data", workdir / "identity.json"
+    if data_dir.exists() and saved.exists():
+        kept = json.loads(saved.read_text())
+        if (password is None or password == kept["password"]) and (token is None or token == kept["token"]):
+            return kept["username"], kept["password"], kept["token"]
+    if data_dir.exists():
+        shutil.rmtree(data_dir)  # its user is unknown (or other credentials were asked for): start clean
+    identity = {"username": username, "password": password or "mdsvqa-" + os.urandom(6).hex(),
+                "token": token or "mdsvqa-" + os.urandom(12).hex()}
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, identity)
+    os.chmod(saved, 0o600)  # a login: readable by its owner only
+    return identity["username"], identity["password"], identity["token"]
+
+
 def start_label_studio(workdir: Path, *, port: int | None = None, username: str = "demo@mdsvqa.invalid",
                        password: str | None = None, token: str | None = None,
                        timeout: float = 240) -> LabelStudioService:
@@ -159,8 +186,7 @@ def start_label_studio(workdir: Path, *, port: int | None = None, username: str 
 
     binary = label_studio_binary()
     port = port or free_port()
-    token = token or "mdsvqa-" + os.urandom(12).hex()
-    password = password or "mdsvqa-" + os.urandom(6).hex()
+    username, password, token = _studio_identity(workdir, username, password, token)
     media_root = workdir / "media"
     media_root.mkdir(parents=True, exist_ok=True)
     secret = workdir / "secret-key"
