@@ -208,13 +208,14 @@ def _step(policy, optimizer, params, micros: list[list[TrainExample]], settings:
     the gradient equals the mean over micro-batches that data parallelism and accumulation give.
     """
     started = time.monotonic()
-    scored = [r for micro in micros if (r := _rollouts(policy, micro, settings, objective, task, step, rng))]
-    if not scored:
-        log.warning("step %d: no micro-batch with two usable videos, skipped", step)
-        return None
     optimizer.zero_grad(set_to_none=True)
-    losses, kls, rewards, formats, parsed, videos = [], [], [], [], [], 0
-    for rollouts, advantages, reward, formatted, scores in scored:
+    losses, kls, rewards, formats, parsed, videos, used = [], [], [], [], [], 0, 0
+    for micro in micros:  # one micro-batch's rollouts in memory at a time
+        scored = _rollouts(policy, micro, settings, objective, task, step, rng)
+        if scored is None:
+            continue
+        used += 1
+        rollouts, advantages, reward, formatted, scores = scored
         for (example, prompt, completions), video_advantages in zip(rollouts, advantages):
             logp = policy.token_logprobs(prompt, completions)
             ref = None
@@ -225,13 +226,20 @@ def _step(policy, optimizer, params, micros: list[list[TrainExample]], settings:
             loss, kl = policy_gradient_loss(logp, adv, completions.mask.to(logp.device), ref, settings.kl_beta)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step}: non-finite loss on {example.video}")
-            (loss / len(rollouts) / len(scored)).backward()
+            (loss / len(rollouts) / len(micros)).backward()
             losses.append(float(loss.detach()))
             kls.append(float(kl))
         videos += len(rollouts)
         rewards.extend(np.ravel(reward))
         formats.extend(np.ravel(formatted))
         parsed.extend(np.isfinite(np.ravel(scores)))
+    if not used:
+        log.warning("step %d: no micro-batch with two usable videos, skipped", step)
+        return None
+    if used < len(micros):  # gradients are linear: make it the mean over the micro-batches that ran
+        for param in params:
+            if param.grad is not None:
+                param.grad.mul_(len(micros) / used)
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
     return StepReport(step=step, total_steps=total, epoch=epoch, videos=videos,
