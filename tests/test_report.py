@@ -71,3 +71,23 @@ def test_report_refuses_names_sharing_a_features_stem_cleanly(tmp_path, capsys):
     assert code == 2
     assert "clip00" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_prints_the_reference_diagnostic_with_labels(tmp_path):
+    from ml_backend.training.evaluation import evaluate
+
+    pool = clustered_pool(tmp_path)
+    rng = np.random.default_rng(3)
+    names = [f"clip{i:02d}.mp4" for i in range(24)]
+    mos = {n: float(rng.uniform(1, 5)) for n in names}
+    f = {n: {"score": round(mos[n] + float(rng.normal(0, 0.8)), 2)} for n in names}
+    (tmp_path / "f.json").write_text(json.dumps(f))
+    (tmp_path / "mos.jsonl").write_text("".join(json.dumps({"video": n, "mos": m}) + "\n" for n, m in mos.items()))
+    out = tmp_path / "report.html"
+    assert main(["report", "--scores", str(pool / "scores.json"), "--features", str(pool / "features"),
+                 "--budget", "6", "--out", str(out), "--mos", str(tmp_path / "mos.jsonl"),
+                 "--baseline", str(tmp_path / "f.json")]) == 0
+    html = out.read_text()
+    whole = evaluate([f[n]["score"] for n in names], [mos[n] for n in names])
+    assert f"quality model on all labeled videos: SRCC {whole.srcc:.4f}, PLCC {whole.plcc:.4f} (n=24)" in html
+    assert "quality model on the picks: SRCC " in html and "(n=6)" in html

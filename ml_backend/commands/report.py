@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
                         help="With --project: which of the backend's kept features (MDSVQA_FEATURES_EXTRACTOR).")
     parser.add_argument("--labeled", metavar="FILE", help="JSON list of names already labeled.")
     parser.add_argument("--model-dir", metavar="DIR", help="Model directory: adds SRCC/PLCC of each version.")
+    parser.add_argument("--mos", metavar="LABELS.jsonl", help="With --baseline (and --scores): the reference's "
+                        "diagnostic, the quality model's SRCC/PLCC on the labeled pool and on the picks.")
+    parser.add_argument("--baseline", metavar="SCORES.json", help="The quality model f's scores of the pool.")
     parser.add_argument("--title", default="Video pool report")
     parser.add_argument("--out", required=True, metavar="FILE", help="HTML file to write.")
     parser.set_defaults(run=run)
@@ -48,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..errors import MdsVqaError
     from ..fileio import atomic_write_bytes
     from ..report.html import render
 
+    if bool(args.mos) != bool(args.baseline):
+        raise MdsVqaError("the diagnostic needs both --mos and --baseline")
     data = _project_data(args) if args.project is not None else _file_data(args)
+    if args.mos:
+        from ..training.reporting import diagnostic_lines
+
+        data.notes.extend(diagnostic_lines(args.baseline, args.mos, [pick.name for pick in data.picks]))
     if args.model_dir:
         from ..report.versions import version_rows
 

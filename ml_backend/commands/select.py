@@ -163,25 +163,9 @@ def _run(args: argparse.Namespace) -> int:
     _report(f"picked {len(picks)} of {n_candidates} candidates ({len(initial)} labeled, {len(left_out)} left out) "
             f"in {seconds:.2f} s -> {args.out}")
     if args.mos and args.baseline:
+        from ..training.reporting import diagnostic_lines
+
         for line in diagnostic_lines(args.baseline, args.mos, picks):
             print(line)
     return 0
 
-
-def diagnostic_lines(baseline: str, labels: str, picks: list[str]) -> list[str]:
-    """The reference's check after selection: f's SRCC/PLCC on the labeled pool, then on the picks."""
-    from selection.files import read_scores
-
-    from ..training.data import mos_by_file_name
-    from ..training.evaluation import evaluate_by_name
-
-    f_scores = read_scores(baseline).scores
-    mos, _labels = mos_by_file_name(labels)
-    lines = []
-    for what, names in (("all labeled videos", None), ("the picks", picks)):
-        result = evaluate_by_name(f_scores, mos, names)
-        if result.ok:
-            lines.append(f"quality model on {what}: SRCC {result.srcc:.4f}, PLCC {result.plcc:.4f} (n={result.count})")
-        else:
-            lines.append(f"quality model on {what}: undefined (n={result.count}): {result.reason}")
-    return lines

@@ -91,3 +91,22 @@ def describe_protocol(protocol: dict | None) -> list[str]:
         f"{data['target_held_out']} held out (seed {protocol['split']['seed']})",
         f"metric {protocol['metric']}",
     ]
+
+
+def diagnostic_lines(baseline: str, labels: str, picks: list[str]) -> list[str]:
+    """The reference's check after selection: f's SRCC/PLCC on the labeled pool, then on the picks."""
+    from selection.files import read_scores
+
+    from .data import mos_by_file_name
+    from .evaluation import evaluate_by_name
+
+    f_scores = read_scores(baseline).scores
+    mos, _labels = mos_by_file_name(labels)
+    lines = []
+    for what, names in (("all labeled videos", None), ("the picks", picks)):
+        result = evaluate_by_name(f_scores, mos, names)
+        if result.ok:
+            lines.append(f"quality model on {what}: SRCC {result.srcc:.4f}, PLCC {result.plcc:.4f} (n={result.count})")
+        else:
+            lines.append(f"quality model on {what}: undefined (n={result.count}): {result.reason}")
+    return lines
