@@ -149,6 +149,15 @@ class TrainingSettings(BaseSettings):
     min_train_labels: int = Field(4, ge=2, description="Refuse to train with fewer training labels.")
     min_held_out_labels: int = Field(5, ge=3, description="Refuse to train with fewer held-out labels (SRCC needs some).")
     eval_samples: int = Field(1, ge=1, description="Sampled answers averaged per held-out video when evaluating.")
+    f_max_new_tokens: int = Field(
+        2048, ge=1, description="Answer budget of the quality model f when its scores are estimated (g's targets "
+        "|f - MOS|, held-out evaluation of f): its thinking prompt at inference settings (reference: 2048).",
+    )
+    f_unparsed: Literal["drop", "constrained"] = Field(
+        "drop", description="An f answer without a score: 'drop' leaves that video out of g's targets and "
+        "reports it (the reference's estimator only); 'constrained' takes f's constrained answer instead, a "
+        "second estimator, for random test models whose sampled text never parses.",
+    )
 
     # Training started from Label Studio ("Start Training", auto-train); see docs/training.md
     objectives: Annotated[list[Literal["quality", "difficulty"]], NoDecode] = Field(

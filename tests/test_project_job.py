@@ -81,7 +81,7 @@ def test_describe_metrics_reports_the_change():
 
 
 def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, shared_videos, tmp_path, one_torch_thread):
-    """Sampled answers of the tiny model never parse; the constrained fallback still gives each video an f."""
+    """The tiny model's sampled answers never parse: with f_unparsed=constrained each readable video gets an f."""
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     rows = [{"video": str(shared_videos / "bikes.mp4"), "mos": 2.0},
@@ -90,7 +90,8 @@ def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, sh
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = Settings(base=str(tiny_model_dir / "base"), adapter=str(tiny_model_dir / "adapter"), offline=True,
-                        device="cpu", training={"max_frames": 4, "frame_side": 56, "max_new_tokens": 4})
+                        device="cpu", training={"max_frames": 4, "frame_side": 56, "max_new_tokens": 4,
+                                                      "f_max_new_tokens": 4, "f_unparsed": "constrained"})
     store = VersionStore(tmp_path / "models")
     quality = store.publish_folder("quality", tiny_model_dir / "adapter")
     for f_version in (None, quality):
@@ -99,6 +100,18 @@ def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, sh
         assert missing == 1 and "f_score" not in scored[2]
         assert all(1.0 <= r["f_score"] <= 5.0 for r in scored[:2])
         assert [r["mos"] for r in scored] == [2.0, 4.0, 3.0]
+
+    # By default an unparseable f answer is dropped, never replaced by another estimator.
+    honest = settings.model_copy(update={"training": settings.training.model_copy(update={"f_unparsed": "drop"})})
+    out, missing = with_f_scores(labels, tmp_path / "honest.jsonl", honest, None)
+    assert missing == 3 and not any("f_score" in json.loads(line) for line in out.read_text().splitlines())
+
+
+def test_f_is_estimated_at_the_reference_inference_settings():
+    from ml_backend.settings import TrainingSettings
+
+    defaults = TrainingSettings()
+    assert defaults.f_max_new_tokens == 2048 and defaults.f_unparsed == "drop"
 
 
 def run_cli(*args, capsys):

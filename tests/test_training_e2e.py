@@ -34,7 +34,9 @@ SMALL_VIDEO = {"MDSVQA_VIDEO_MAX_FRAMES": "8", "MDSVQA_VIDEO_MAX_PIXELS": str(16
                "MDSVQA_VIDEO_MIN_PIXELS": str(4 * 28 * 28)}
 TRAINING = {"max_steps": 1, "max_frames": 4, "frame_side": 56, "max_new_tokens": 8, "group_size": 2,
             "videos_per_step": 3, "learning_rate": 1e-3, "min_train_labels": 2, "min_held_out_labels": 3,
-            "held_out_fraction": 0.5, "promote": "always"}
+            "held_out_fraction": 0.5, "promote": "always",
+            # the random tiny f never writes a parseable answer: short budget, constrained answers instead
+            "f_max_new_tokens": 8, "f_unparsed": "constrained"}
 TRAIN_ENV = {f"MDSVQA_TRAIN_{k.upper()}": str(v) for k, v in TRAINING.items()} | SMALL_VIDEO | {
     "MDSVQA_VERSION_POLL_S": "0.5"}
 TERMINAL = ("succeeded", "failed", "cancelled")

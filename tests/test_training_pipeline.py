@@ -22,7 +22,7 @@ from ml_backend.training.versions import VersionStore
 
 from .training_helpers import SHARED_VIDEOS
 
-TRAINING = dict(max_frames=4, frame_side=56, max_new_tokens=8, group_size=2, videos_per_step=3, max_steps=1,
+TRAINING = dict(f_max_new_tokens=8, f_unparsed="constrained", max_frames=4, frame_side=56, max_new_tokens=8, group_size=2, videos_per_step=3, max_steps=1,
                 learning_rate=1e-3, min_train_labels=2, min_held_out_labels=3, held_out_fraction=0.5)
 
 

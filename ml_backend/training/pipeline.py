@@ -145,19 +145,20 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
         if videos:
             report(0.05, f"scoring {len(videos)} video(s) with the quality model")
             scorer = quality_scorer or (lambda paths: policy.predict(
-                paths, "quality", samples=ts.eval_samples, temperature=ts.temperature,
-                max_new_tokens=ts.max_new_tokens, use_adapter=False))
+                paths, "quality", samples=ts.eval_samples, max_new_tokens=ts.f_max_new_tokens, use_adapter=False,
+                fallback=ts.f_unparsed == "constrained"))
             predicted = np.asarray(scorer(videos), dtype=np.float64)
             f_scores.update({v: float(s) for v, s in zip(videos, predicted) if math.isfinite(s)})
-        missing = len(all_labelled) - len(f_scores)
-        if missing:
-            log.warning("%d video(s) got no parseable quality score and are left out of difficulty training", missing)
+        dropped = [str(r.video) for r in all_labelled if r.video not in f_scores]
+        if dropped:
+            log.warning("%d video(s) got no parseable quality score from f and are left out of g's targets: %s",
+                        len(dropped), ", ".join(dropped[:10]))
 
     def held_out_metrics(stage: str) -> dict[str, Any] | None:
         videos = [r.video for r in split.held_out]
         task = "quality" if objective == "quality" else "difficulty"
-        predictions = policy.predict(videos, task, samples=ts.eval_samples, temperature=ts.temperature,
-                                     max_new_tokens=ts.max_new_tokens)
+        budget = ts.f_max_new_tokens if task == "quality" else ts.max_new_tokens
+        predictions = policy.predict(videos, task, samples=ts.eval_samples, max_new_tokens=budget)
         if objective == "quality":
             targets = np.array([mos_all[v] for v in videos])
         else:  # g should rank f's absolute error
@@ -228,6 +229,9 @@ def training_protocol(ts: TrainingSettings, objective: str, *, source: int, trai
                    f"squashed to {ts.frame_side}x{ts.frame_side}", "evaluation": "the inference input"},
         "data": {"target_train": train, "target_held_out": held_out, "source": source,
                  "regime": "source + target" if source else "target only (no source-domain labels)"},
+        "f_estimate": {"prompt": "quality, thinking", "input": "inference", "max_new_tokens": ts.f_max_new_tokens,
+                       "temperature": "checkpoint's", "top_k": 50, "samples": ts.eval_samples,
+                       "unparsed": ts.f_unparsed},
         "split": {"held_out_fraction": ts.held_out_fraction, "seed": ts.split_seed},
         "seeds": {"split": ts.split_seed, "rollouts_and_frames": ts.split_seed},
         "metric": "SRCC and PLCC on held-out target labels after the reference's 4-parameter logistic fit "

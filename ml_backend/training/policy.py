@@ -171,13 +171,15 @@ class Policy:
                  for row, n in zip(tokens.tolist(), lengths)]
         return Completions(tokens, mask, texts)
 
-    def predict(self, videos: list[Path], task: Task, *, samples: int, temperature: float,
-                max_new_tokens: int, use_adapter: bool = True, fallback: bool = False) -> np.ndarray:
-        """Mean parsed score of ``samples`` sampled answers per video; NaN where none parsed.
+    def predict(self, videos: list[Path], task: Task, *, samples: int, max_new_tokens: int,
+                use_adapter: bool = True, fallback: bool = False) -> np.ndarray:
+        """Mean parsed score of ``samples`` answers per video at inference settings; NaN where none parsed.
 
-        ``fallback``: where no sampled answer parses, take the constrained answer instead
-        (``<answer>d.dd</answer>`` forced right after the prompt, greedy), so every readable
-        video gets a score. Videos that cannot be decoded stay NaN either way.
+        Inference settings as the reference's inference: the full inference input, top-k 50,
+        top-p 1 and everything else (temperature included) from the checkpoint's generation
+        config. ``fallback``: where no sampled answer parses, take the constrained answer
+        instead (a different estimator: only for random test models). Videos that cannot be
+        decoded stay NaN either way.
         """
         scores = np.full(len(videos), np.nan)
         for index, video in enumerate(videos):
@@ -186,9 +188,14 @@ class Policy:
             except VideoError as exc:
                 log.warning("no %s score for %s: %s", task, video, exc)
                 continue
-            completions = self.sample(prompt, samples, temperature=temperature,
-                                      max_new_tokens=max_new_tokens, use_adapter=use_adapter)
-            parsed = parse_scores(completions.texts)
+            sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=True, top_k=TOP_K, top_p=1.0,
+                                       max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                       suppress_tokens=self.prompts.placeholder_ids())
+            tokens = sequences[:, prompt.input_ids.shape[1]:]
+            lengths = completion_mask(tokens, self.eos_ids).sum(dim=1).long().tolist()
+            texts = [self.processor.tokenizer.decode(row[:n], skip_special_tokens=True)
+                     for row, n in zip(tokens.tolist(), lengths)]
+            parsed = parse_scores(texts)
             if np.isfinite(parsed).any():
                 scores[index] = float(np.nanmean(parsed))
             elif fallback:

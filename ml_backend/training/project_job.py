@@ -144,8 +144,8 @@ def with_f_scores(labels: Path, out: Path, settings: Settings, f_version) -> tup
     ts = settings.training
     policy = Policy.load(settings, str(f_version.adapter_path) if f_version is not None else None)
     try:
-        scores = policy.predict(videos, "quality", samples=ts.eval_samples, temperature=ts.temperature,
-                                max_new_tokens=ts.max_new_tokens, use_adapter=f_version is not None, fallback=True)
+        scores = policy.predict(videos, "quality", samples=ts.eval_samples, max_new_tokens=ts.f_max_new_tokens,
+                                use_adapter=f_version is not None, fallback=ts.f_unparsed == "constrained")
     finally:
         del policy
         _free_memory()
