@@ -131,7 +131,11 @@ def run_demo(options: DemoOptions) -> int:
             extra_env={"LABEL_STUDIO_URL": studio_service.url, "LABEL_STUDIO_API_KEY": studio_service.token,
                        "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true",
                        # the backend re-orders by itself too: same K as the command, so both give one order
-                       "MDSVQA_PRIORITY_BUDGET": str(options.budget), **features_env})
+                       "MDSVQA_PRIORITY_BUDGET": str(options.budget), **features_env,
+                       # the tiny random f never writes a parseable answer: Start Training in the demo
+                       # estimates f with its constrained answers, a deviation the versions record
+                       **({"MDSVQA_TRAIN_F_UNPARSED": "constrained", "MDSVQA_TRAIN_F_MAX_NEW_TOKENS": "32"}
+                          if tiny else {})})
         services.append(backend)
         studio = Studio(studio_service.url, studio_service.token)
 
