@@ -97,14 +97,17 @@ def _wait(condition, *, timeout: float, what: str, services: list, interval: flo
 
 # With the tiny random model on a CPU, CLIP's OpenAI weights are not at hand offline and RN101 on every
 # frame would be slow: the demo keeps the tiny model's vision-tower features, whose lambda must be explicit.
-TINY_FEATURES_ENV = {"MDSVQA_FEATURES_EXTRACTOR": "vision", "MDSVQA_PRIORITY_DIVERSITY_LAMBDA": "0.25"}
+# The tiny random model's deviations, each a named setting: vision features (no CLIP weights
+# offline), and f estimated by its constrained answers (its sampled text never parses).
+TINY_ENV = {"MDSVQA_FEATURES_EXTRACTOR": "vision", "MDSVQA_PRIORITY_DIVERSITY_LAMBDA": "0.25",
+            "MDSVQA_TRAIN_F_UNPARSED": "constrained", "MDSVQA_TRAIN_F_MAX_NEW_TOKENS": "32"}
 
 
 def run_demo(options: DemoOptions) -> int:
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     base, adapter, tiny = choose_model(workdir)
-    features_env = TINY_FEATURES_ENV if tiny else {}
+    tiny_env = TINY_ENV if tiny else {}
     if tiny:
         say("real checkpoints not available offline: using a TINY RANDOM model. Every part of the loop runs; "
             "the difficulty values are MEANINGLESS. Set MDSVQA_BASE/MDSVQA_ADAPTER for real ones.")
@@ -131,11 +134,7 @@ def run_demo(options: DemoOptions) -> int:
             extra_env={"LABEL_STUDIO_URL": studio_service.url, "LABEL_STUDIO_API_KEY": studio_service.token,
                        "MDSVQA_OFFLINE": "true", "HF_HUB_OFFLINE": "1", "MDSVQA_SCORE_PROJECT_ON_SETUP": "true",
                        # the backend re-orders by itself too: same K as the command, so both give one order
-                       "MDSVQA_PRIORITY_BUDGET": str(options.budget), **features_env,
-                       # the tiny random f never writes a parseable answer: Start Training in the demo
-                       # estimates f with its constrained answers, a deviation the versions record
-                       **({"MDSVQA_TRAIN_F_UNPARSED": "constrained", "MDSVQA_TRAIN_F_MAX_NEW_TOKENS": "32"}
-                          if tiny else {})})
+                       "MDSVQA_PRIORITY_BUDGET": str(options.budget), **tiny_env})
         services.append(backend)
         studio = Studio(studio_service.url, studio_service.token)
 
@@ -154,9 +153,9 @@ def run_demo(options: DemoOptions) -> int:
                       interval=2.0)
         say(f"all {len(tasks)} tasks have a predicted difficulty; ordering the queue ...")
         _prioritize(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
-                    env=features_env)
+                    env=tiny_env)
         _report(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
-                env=features_env,
+                env=tiny_env,
                 out=workdir / "report.html")
         view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
         queue = studio.tasks(project, view=view["id"])
