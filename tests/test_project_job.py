@@ -153,3 +153,25 @@ def test_activate_versions_and_jobs_commands(tiny_model_dir, tmp_path, capsys):
     assert code == 0 and "no training jobs" in out
     code, _, err = run_cli("jobs", "--model-dir", model_dir, "--cancel", capsys=capsys)
     assert code == 2 and "no running job" in err
+
+
+def test_f_estimates_sample_with_the_serving_options(tiny_model_dir, shared_videos, monkeypatch):
+    """Training's f scores go through the same sampling options as serving's decoding=sample."""
+    from ml_backend.scoring import generation
+    from ml_backend.training import policy as policy_module
+    from ml_backend.training.policy import Policy
+
+    assert generation.reference_sampling(2048, 3) == {"do_sample": True, "top_k": 50, "top_p": 1.0,
+                                                       "max_new_tokens": 2048, "num_return_sequences": 3}
+    calls = []
+
+    def spy(max_new_tokens, samples, temperature=None):
+        calls.append((max_new_tokens, samples, temperature))
+        return generation.reference_sampling(max_new_tokens, samples, temperature)
+
+    monkeypatch.setattr(policy_module, "reference_sampling", spy)
+    settings = Settings(base=str(tiny_model_dir / "base"), adapter=str(tiny_model_dir / "adapter"), offline=True,
+                        device="cpu", training={"f_max_new_tokens": 5, "eval_samples": 2})
+    policy = Policy.load(settings, None)
+    policy.predict([shared_videos / "carphone_distorted.mp4"], "quality", samples=2, max_new_tokens=5)
+    assert calls == [(5, 2, None)]  # the checkpoint's temperature: none given

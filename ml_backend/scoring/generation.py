@@ -42,6 +42,19 @@ def _end_ids(loaded: LoadedModel) -> list[int]:
     return ids
 
 
+def reference_sampling(max_new_tokens: int, samples: int, temperature: float | None = None) -> dict:
+    """``generate`` options of the reference's inference sampling: top-k 50, top-p 1, the rest
+    (temperature unless given) from the checkpoint's generation config.
+
+    Serving (``decoding=sample``) and training's estimates of f both sample with these.
+    """
+    options: dict = {"do_sample": True, "top_k": 50, "top_p": 1.0, "max_new_tokens": max_new_tokens,
+                     "num_return_sequences": samples}
+    if temperature is not None:
+        options["temperature"] = temperature
+    return options
+
+
 def decoding_identity(settings: Settings, task: Task) -> dict:
     """Decoding settings that change the answer, for cache keys."""
     ident: dict = {"task": task, "decoding": settings.decoding}
@@ -90,10 +103,7 @@ class AnswerGenerator:
             options.update(do_sample=False, max_new_tokens=s.max_new_tokens)
         else:
             samples = s.num_samples
-            options.update(do_sample=True, top_k=50, top_p=1.0, max_new_tokens=s.max_new_tokens,
-                           num_return_sequences=samples)
-            if s.temperature is not None:
-                options["temperature"] = s.temperature
+            options.update(reference_sampling(s.max_new_tokens, samples, s.temperature))
         if s.decoding == "constrained" or s.decoding == "greedy":
             # Silence the checkpoint's sampling defaults, which do not apply to greedy search.
             options.update(temperature=None, top_k=None, top_p=None)

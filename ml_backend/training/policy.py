@@ -28,6 +28,7 @@ from ..prompts import Task
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
 from ..video.sampling import training_plan
+from ..scoring.generation import reference_sampling
 from ..scoring.inputs import PromptEncoder
 from ..video.patches import PatchLayout, video_patches
 from .rewards import parse_scores
@@ -175,9 +176,9 @@ class Policy:
                 use_adapter: bool = True, fallback: bool = False) -> np.ndarray:
         """Mean parsed score of ``samples`` answers per video at inference settings; NaN where none parsed.
 
-        Inference settings as the reference's inference: the full inference input, top-k 50,
-        top-p 1 and everything else (temperature included) from the checkpoint's generation
-        config. ``fallback``: where no sampled answer parses, take the constrained answer
+        Inference settings as the reference's inference, with serving's sampling options
+        (:func:`~ml_backend.scoring.generation.reference_sampling`): the full inference input,
+        top-k 50, top-p 1, the checkpoint's temperature. ``fallback``: where no sampled answer parses, take the constrained answer
         instead (a different estimator: only for random test models). Videos that cannot be
         decoded stay NaN either way.
         """
@@ -188,8 +189,7 @@ class Policy:
             except VideoError as exc:
                 log.warning("no %s score for %s: %s", task, video, exc)
                 continue
-            sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=True, top_k=TOP_K, top_p=1.0,
-                                       max_new_tokens=max_new_tokens, num_return_sequences=samples,
+            sequences = self._generate(prompt, use_adapter=use_adapter, **reference_sampling(max_new_tokens, samples),
                                        suppress_tokens=self.prompts.placeholder_ids())
             tokens = sequences[:, prompt.input_ids.shape[1]:]
             lengths = completion_mask(tokens, self.eos_ids).sum(dim=1).long().tolist()
