@@ -206,3 +206,14 @@ def test_cache_keys_separate_videos_and_identities():
     assert cache_key("aaa", identity) != cache_key("bbb", identity)
     assert cache_key("aaa", identity) != cache_key("aaa", {**identity, "video": {"fps": 1.0}})
     assert cache_key("aaa", identity) == cache_key("aaa", dict(reversed(list(identity.items()))))
+
+
+def test_resume_exit_status_counts_only_the_requested_videos(score, shared_videos, tmp_path, capsys):
+    out = tmp_path / "partial.json"
+    out.write_text(json.dumps({"gone.mp4": {"reasoning": "N/A", "score": None, "error": "an old failure"}}))
+    code, result = score(shared_videos / "carphone_distorted.mp4", out=out, extra=["--resume"])
+    assert code == 0  # every requested video scored; the old failure stays in the file but not in the status
+    assert result["gone.mp4"]["score"] is None and result["carphone_distorted.mp4"]["score"] is not None
+    assert "1 scored, 0 failed" in capsys.readouterr().err
+    code, _ = score(shared_videos / "carphone_distorted.mp4", tmp_path / "missing.mp4", out=out, extra=["--resume"])
+    assert code == 1  # a requested video that fails still fails the run

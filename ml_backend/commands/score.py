@@ -107,9 +107,14 @@ def run(args: argparse.Namespace) -> int:
         write_scores(args.out, scores)
         scorer.close()
 
-    total_ok = sum(1 for e in scores.values() if valid_score(e) is not None)
-    failed = len(scores) - total_ok
-    print(f"{total_ok} scored, {failed} failed -> {args.out} (model {scorer.model_version})", file=sys.stderr)
+    # The exit status speaks of this run's request: old failures kept in a resumed file do not count.
+    requested = [str(folder) for folder, _ in listing_problems] + \
+        [path.name if seen.get(path.name) == path else str(path) for path in videos]
+    total_ok = sum(1 for name in requested if valid_score(scores.get(name, {})) is not None)
+    failed = len(requested) - total_ok
+    kept = len(scores) - len(set(requested) & set(scores))
+    print(f"{total_ok} scored, {failed} failed -> {args.out} (model {scorer.model_version})"
+          + (f"; {kept} other entr{'y' if kept == 1 else 'ies'} kept from the file" if kept else ""), file=sys.stderr)
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     return 1 if failed else 0
