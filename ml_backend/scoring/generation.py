@@ -42,13 +42,18 @@ def _end_ids(loaded: LoadedModel) -> list[int]:
     return ids
 
 
+# The reference's sampling (SPEC 4): top-k 50, top-p 1. Serving, rollouts and f's estimates use it.
+TOP_K = 50
+TOP_P = 1.0
+
+
 def reference_sampling(max_new_tokens: int, samples: int, temperature: float | None = None) -> dict:
     """``generate`` options of the reference's inference sampling: top-k 50, top-p 1, the rest
     (temperature unless given) from the checkpoint's generation config.
 
     Serving (``decoding=sample``) and training's estimates of f both sample with these.
     """
-    options: dict = {"do_sample": True, "top_k": 50, "top_p": 1.0, "max_new_tokens": max_new_tokens,
+    options: dict = {"do_sample": True, "top_k": TOP_K, "top_p": TOP_P, "max_new_tokens": max_new_tokens,
                      "num_return_sequences": samples}
     if temperature is not None:
         options["temperature"] = temperature

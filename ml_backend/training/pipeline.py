@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import TrainingDataError
+from ..scoring.generation import TOP_K, TOP_P
 from ..settings import Settings, TrainingSettings, load_settings
 from .data import LabelRow, LabelSet, data_hash, load_labels, split_labels
 from .evaluation import evaluate
@@ -223,14 +224,14 @@ def training_protocol(ts: TrainingSettings, objective: str, *, source: int, trai
                      "rollouts_per_video": ts.group_size if objective == "quality" else 1},
         "schedule": {"learning_rate": ts.learning_rate, "decay": "linear to 0", "epochs": ts.epochs,
                      "max_steps": ts.max_steps, "kl_beta": ts.kl_beta},
-        "rollouts": {"temperature": ts.temperature, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0,
+        "rollouts": {"temperature": ts.temperature, "top_k": TOP_K, "top_p": TOP_P, "repetition_penalty": 1.0,
                      "max_new_tokens": ts.max_new_tokens},
         "frames": {"training": f"{ts.max_frames} random sorted frames of the 2-fps sample, redrawn every step, "
                    f"squashed to {ts.frame_side}x{ts.frame_side}", "evaluation": "the inference input"},
         "data": {"target_train": train, "target_held_out": held_out, "source": source,
                  "regime": "source + target" if source else "target only (no source-domain labels)"},
         "f_estimate": {"prompt": "quality, thinking", "input": "inference", "max_new_tokens": ts.f_max_new_tokens,
-                       "temperature": "checkpoint's", "top_k": 50, "samples": ts.eval_samples,
+                       "temperature": "checkpoint's", "top_k": TOP_K, "top_p": TOP_P, "samples": ts.eval_samples,
                        "unparsed": ts.f_unparsed},
         "split": {"held_out_fraction": ts.held_out_fraction, "seed": ts.split_seed},
         "seeds": {"split": ts.split_seed, "rollouts_and_frames": ts.split_seed},

@@ -28,14 +28,13 @@ from ..prompts import Task
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
 from ..video.sampling import training_plan
-from ..scoring.generation import reference_sampling
+from ..scoring.generation import TOP_K, TOP_P, reference_sampling
 from ..scoring.inputs import PromptEncoder
 from ..video.patches import PatchLayout, video_patches
 from .rewards import parse_scores
 
 log = logging.getLogger(__name__)
 
-TOP_K = 50  # the reference's sampling (SPEC section 4); top_p 1
 
 
 @dataclass
@@ -260,7 +259,7 @@ def rollout_generation_config(temperature: float, max_new_tokens: int, count: in
     """The generation config of training rollouts, built from scratch (SPEC 6)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=TOP_K, top_p=1.0, repetition_penalty=1.0,
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=TOP_K, top_p=TOP_P, repetition_penalty=1.0,
                             max_new_tokens=max_new_tokens, num_return_sequences=count)
 
 
