@@ -8,7 +8,7 @@ a clip are reproducible for the same PyAV/FFmpeg/x264 build. Tests should compar
 clip's SHA-256 with the golden's ``file_sha256`` before trusting a pixel comparison.
 
 Every case is a function ``case(out_dir) -> Path`` that writes ``<out_dir>/<case>.mp4``
-and returns its path; ``CASES`` maps the case names to these functions.
+and returns its path; ``CASES`` maps the case names (the keys of ``SPECS``) to them.
 """
 
 from __future__ import annotations
@@ -175,50 +175,17 @@ SPECS: dict[str, ClipSpec] = {
 }
 
 
-def fps2997(out_dir: Path | str) -> Path:
-    """320x240 at 30000/1001 fps, 7 s."""
-    return encode(SPECS["fps2997"], out_dir)
+def _case(spec: ClipSpec) -> Callable[[Path | str], Path]:
+    def make(out_dir: Path | str) -> Path:
+        return encode(spec, out_dir)
+
+    make.__name__ = make.__qualname__ = spec.name
+    make.__doc__ = f"{spec.width}x{spec.height} at {spec.rate} fps, {spec.frames} frames (see SPECS)."
+    return make
 
 
-def fps60(out_dir: Path | str) -> Path:
-    """320x180 at 60 fps, 5 s."""
-    return encode(SPECS["fps60"], out_dir)
-
-
-def portrait(out_dir: Path | str) -> Path:
-    """360x640 (9:16) at 25 fps, 4 s."""
-    return encode(SPECS["portrait"], out_dir)
-
-
-def wide4k(out_dir: Path | str) -> Path:
-    """3840x2160 at 25 fps, 1.2 s."""
-    return encode(SPECS["wide4k"], out_dir)
-
-
-def short1(out_dir: Path | str) -> Path:
-    """160x120 at 25 fps: 62 samples in the container, 61 decodable pictures."""
-    return encode(SPECS["short1"], out_dir)
-
-
-def long6min(out_dir: Path | str) -> Path:
-    """64x48 at 25 fps, 6.5 min, very low bitrate."""
-    return encode(SPECS["long6min"], out_dir)
-
-
-def odd(out_dir: Path | str) -> Path:
-    """333x197 (4:4:4) at 24 fps, 3 s."""
-    return encode(SPECS["odd"], out_dir)
-
-
-CASES: dict[str, Callable[[Path | str], Path]] = {
-    "fps2997": fps2997,
-    "fps60": fps60,
-    "portrait": portrait,
-    "wide4k": wide4k,
-    "short1": short1,
-    "long6min": long6min,
-    "odd": odd,
-}
+CASES: dict[str, Callable[[Path | str], Path]] = {name: _case(spec) for name, spec in SPECS.items()}
+"""Case name -> function writing ``<out_dir>/<case>.mp4``: one per entry of SPECS."""
 
 
 def generate_all(out_dir: Path | str) -> dict[str, Path]:
