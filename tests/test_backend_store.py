@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ml_backend.labelstudio.client import Connection
 from ml_backend.labelstudio.config import parse_label_config
 from ml_backend.server import store as store_module
 from ml_backend.server.queue import JobOutcome, MediaRequest, PushTarget, ScoreJob
@@ -37,7 +36,7 @@ def _job() -> ScoreJob:
 
 
 def _target(task_id: int) -> PushTarget:
-    return PushTarget(task_id, Connection("http://ls", "t"), CONFIG)
+    return PushTarget(task_id, 1, CONFIG)
 
 
 def test_watched_task_is_not_pushed():

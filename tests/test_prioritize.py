@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,6 @@ import pytest
 
 from ml_backend.labelstudio.client import Connection, LabelStudioApiError
 from ml_backend.labelstudio.media import LocalMedia, media_key
-from ml_backend.prioritize.backend import PriorityScheduler
 from ml_backend.prioritize.features import FeatureRecorder, FeatureRequest, FeatureSource, FeatureStore
 from ml_backend.prioritize.labelstudio import ProjectInfo, ProjectTask, TaskPrediction
 from ml_backend.prioritize.order import (PICK_FLOOR, default_budget, pick_priority, queue_order, rest_priority,
@@ -363,66 +364,75 @@ class _Runs:
         self.gate.set()
         self.errors: list[Exception] = []
 
-    def __call__(self, project_id, connection):
+    def __call__(self, key, payload):
         assert self.gate.wait(10)
-        self.calls.append(project_id)
+        self.calls.append(int(key))
         if self.errors:
             raise self.errors.pop(0)
 
 
-def test_asks_within_the_quiet_period_make_one_pass():
+@pytest.fixture
+def pass_outbox(tmp_path):
+    """Ordering passes as the backend runs them: the outbox's priority kind on its slow lane."""
+    from ml_backend.server.actions import priority_policy
+    from ml_backend.server.outbox import ActionKind, Outbox
+
+    made = []
+
+    def make(runs, debounce_s, **policy):
+        kind = ActionKind(dataclasses.replace(priority_policy(debounce_s), **policy), runs)
+        outbox = Outbox(tmp_path / f"outbox{len(made)}.sqlite", {"priority": kind}, lanes={"slow": 1})
+        outbox.start()
+        made.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in made:
+        outbox.stop()
+
+
+def test_asks_within_the_quiet_period_make_one_pass(pass_outbox):
     runs = _Runs()
-    scheduler = PriorityScheduler(runs, debounce_s=1.0)
-    scheduler.start()
-    try:
-        for _ in range(5):
-            scheduler.request(1, LS, "labels")
-        scheduler.request(2, LS, "labels")
-        assert runs.calls == [], "nothing runs inside the asking request"
-        wait_for(lambda: scheduler.passes == 2 and scheduler.idle, timeout=10, what="two passes")
-        assert sorted(runs.calls) == [1, 2]
-    finally:
-        scheduler.stop()
+    outbox = pass_outbox(runs, 1.0)
+    for _ in range(5):
+        outbox.ask("priority", "1", {})
+    outbox.ask("priority", "2", {})
+    assert runs.calls == [], "nothing runs inside the asking request"
+    assert outbox.wait_idle(20)
+    assert sorted(runs.calls) == [1, 2]
 
 
-def test_an_ask_during_a_pass_gets_another_pass_and_transient_errors_retry():
+def test_an_ask_during_a_pass_gets_another_pass_and_transient_errors_retry(pass_outbox):
     runs = _Runs()
-    scheduler = PriorityScheduler(runs, debounce_s=0.05, retry_delays_s=(0.05,))
-    scheduler.start()
-    try:
-        runs.gate.clear()
-        scheduler.request(1, LS, "labels")
-        wait_for(lambda: not scheduler.idle and not scheduler.pending(), timeout=10, what="pass started")
-        scheduler.request(1, LS, "labels")  # arrives while the first pass runs
-        runs.gate.set()
-        wait_for(lambda: scheduler.passes == 2 and scheduler.idle, timeout=10, what="a second pass")
-        assert runs.calls == [1, 1]
+    outbox = pass_outbox(runs, 0.05, retry_delays_s=(0.05,))
+    runs.gate.clear()
+    outbox.ask("priority", "1", {})
+    wait_for(lambda: outbox.running("priority") == 1, timeout=20, what="pass started")
+    outbox.ask("priority", "1", {})  # arrives while the first pass runs
+    runs.gate.set()
+    assert outbox.wait_idle(20)
+    assert runs.calls == [1, 1]
 
-        runs.errors = [LabelStudioApiError("502", transient=True)]
-        scheduler.request(1, LS, "labels")
-        wait_for(lambda: scheduler.passes == 4 and scheduler.idle, timeout=10, what="failed pass and its retry")
-        assert runs.calls == [1, 1, 1, 1]
+    runs.errors = [LabelStudioApiError("502", transient=True)]
+    outbox.ask("priority", "1", {})
+    assert outbox.wait_idle(20)
+    assert runs.calls == [1, 1, 1, 1], "the failed pass and its retry"
 
-        runs.errors = [LabelStudioApiError("400", transient=False), LabelStudioApiError("502", transient=True)]
-        scheduler.request(1, LS, "labels")
-        wait_for(lambda: scheduler.passes == 5 and scheduler.idle, timeout=10, what="failed pass")
-        assert runs.calls == [1] * 5 and len(runs.errors) == 1, "a permanent error is not retried"
-    finally:
-        scheduler.stop()
+    runs.errors = [LabelStudioApiError("400", transient=False), LabelStudioApiError("502", transient=True)]
+    outbox.ask("priority", "1", {})
+    assert outbox.wait_idle(20)
+    assert runs.calls == [1] * 5 and len(runs.errors) == 1, "a permanent error is not retried"
 
 
-def test_a_steady_stream_of_asks_still_gets_a_pass():
+def test_a_steady_stream_of_asks_still_gets_a_pass(pass_outbox):
     runs = _Runs()
-    scheduler = PriorityScheduler(runs, debounce_s=0.2)  # due at most 5 x 0.2 s after the first ask
-    scheduler.start()
-    try:
-        def keep_asking():
-            scheduler.request(1, LS, "labels")
-            return runs.calls
+    outbox = pass_outbox(runs, 0.2)  # due at most 5 x 0.2 s after the first ask
 
-        wait_for(keep_asking, timeout=5, interval=0.05, what="a pass despite asks every 50 ms")
-    finally:
-        scheduler.stop()
+    def keep_asking():
+        outbox.ask("priority", "1", {})
+        return runs.calls
+
+    wait_for(keep_asking, timeout=10, interval=0.05, what="a pass despite asks every 50 ms")
 
 
 # -- wiring: the backend asks for passes, never runs them inside a request --------------------------
@@ -440,12 +450,15 @@ def test_backend_asks_for_passes_on_setup_predictions_and_labels(tmp_path):
         wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
         event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
         assert client.post("/webhook", json=event).json["status"] == "ignored", "not set up here: not ours"
-        assert service.priority.scheduler.pending() == {}
+        assert service.outbox.pending("priority") == []
         client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
                                     "access_token": "token"})
-        assert set(service.priority.scheduler.pending()) == {1}
+        (entry,) = service.outbox.pending("priority")
+        assert entry.key == "1" and entry.payload["reason"] == "setup"
         assert client.post("/webhook", json=event).json["status"] == "recorded"
-        assert service.priority.scheduler.passes == 0 and service.priority.scheduler.pending()[1] > 500
+        (entry,) = service.outbox.pending("priority")
+        assert entry.payload["reason"] == "labels" and entry.due - time.time() > 500
+        assert service.outbox.running("priority") == 0
     finally:
         service.stop()
         service.store.close()
@@ -457,7 +470,7 @@ def test_backend_asks_for_passes_on_setup_predictions_and_labels(tmp_path):
         wait_for(lambda: client.get("/health").json["model"] == "ready", what="model ready")
         client.post("/setup", json={"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://ls.invalid",
                                     "access_token": "token"})
-        assert off.priority.scheduler.pending() == {}
+        assert off.outbox.pending("priority") == []
     finally:
         off.stop()
         off.store.close()

@@ -2,7 +2,7 @@
 
 Never call these from inside a /setup or /predict request: Label Studio is waiting on
 that request and may not have committed what we would ask for (SPEC 7). The backend
-calls them from background threads with retries (ml_backend/server/sync.py, queue.py).
+calls them from its outbox (ml_backend/server/outbox.py, actions.py), which retries.
 """
 
 from __future__ import annotations
@@ -46,6 +46,21 @@ class Connection:
     @property
     def netloc(self) -> str:
         return urlsplit(self.url).netloc
+
+
+def choose_connection(configured_url: str | None, configured_token: str | None,
+                      from_setup: Connection | None) -> Connection | None:
+    """Which Label Studio to talk to, and with which token; each token goes only where it belongs.
+
+    A configured token (LABEL_STUDIO_API_KEY) is sent only to the configured URL
+    (LABEL_STUDIO_URL), never to a host a /setup request names: anyone who can reach the
+    backend can send /setup. A token that came with /setup goes back to the host that sent
+    it, or to the configured URL (the operator said that is where Label Studio is).
+    """
+    if configured_url:
+        token = configured_token or (from_setup.token if from_setup is not None else None)
+        return Connection(configured_url, token) if token else None
+    return from_setup
 
 
 def _wrap(action: str, exc: Exception) -> LabelStudioApiError:

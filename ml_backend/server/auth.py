@@ -6,8 +6,11 @@
 - /webhook also receives Label Studio's automatically created webhook, which carries no
   credentials. It is accepted when it brings the webhook secret in the
   ``X-Mdsvqa-Webhook-Secret`` header; the backend installs that header on the webhook
-  itself after /setup (server/sync.py). The secret is MDSVQA_WEBHOOK_SECRET, or else
-  derived from the basic auth password, so several backend processes agree on it.
+  itself after /setup (server/actions.py). The secret is MDSVQA_WEBHOOK_SECRET, or else a
+  random one made once and kept in ``MDSVQA_CACHE_DIR/webhook_secret`` (mode 0600), so
+  restarts and processes sharing the cache agree on it. It is never derived from the
+  password: every Label Studio user of the project can read webhook headers
+  (``/api/webhooks/``), and a derived secret would let them test password guesses offline.
 - /health stays open: Label Studio calls it with a 1 s timeout and it reveals nothing.
 Secrets are compared in constant time and never logged.
 """
@@ -15,17 +18,39 @@ Secrets are compared in constant time and never logged.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..settings import Settings
 
 WEBHOOK_SECRET_HEADER = "X-Mdsvqa-Webhook-Secret"
 
 
-def derive_webhook_secret(password: str) -> str:
-    return hmac.new(password.encode(), b"mdsvqa webhook secret v1", hashlib.sha256).hexdigest()
+def stored_webhook_secret(path: Path) -> str:
+    """The secret kept at ``path``; made (random, 256 bits, mode 0600) by the first process that asks.
+
+    Written whole to a private temporary file, then hard-linked into place: the link fails if
+    another process got there first, and nobody ever reads a half-written secret.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
+    secret = path.read_text().strip()
+    if len(secret) < 32:
+        raise ValueError(f"{path}: not a webhook secret (delete it and a new one is made)")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -39,7 +64,7 @@ class AccessPolicy:
         password = settings.basic_auth_password.get_secret_value() if settings.basic_auth_password else None
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         if secret is None and password:
-            secret = derive_webhook_secret(password)
+            secret = stored_webhook_secret(settings.webhook_secret_path)
         return cls(settings.basic_auth_user or None, password or None, secret or None)
 
     @property

@@ -119,9 +119,11 @@ class VersionFollower:
                 self.error = f"{KIND} version {target} could not be loaded: {type(exc).__name__}: {exc}"
                 log.error("%s; still serving %s", self.error, self.active_id or "the configured adapter")
                 return False
+            # Free what neither the new nor the current version needs *before* the switch, so that
+            # once the new version answers, memory holds exactly what it will hold from then on.
+            self._evict(keep={target, self.active_id})
             old = self._handle.replace(scorer)
             previous, self.active_id, self.error = self.active_id, target, None
-            self._evict()
         log.info("now serving %s version %s (model_version %s, was %s)", KIND, target or "none (configured adapter)",
                  scorer.model_version, old.model_version if old is not None else None)
         if self._on_switch is not None and old is not None and old.model_version != scorer.model_version:
@@ -152,16 +154,20 @@ class VersionFollower:
             self._trained[version.id] = scorer
         return scorer
 
-    def _evict(self) -> None:
-        """Free trained adapters beyond the newest KEEP_TRAINED (never the one serving)."""
+    def _evict(self, keep: set[str | None]) -> None:
+        """Free the oldest trained adapters beyond KEEP_TRAINED, never one in ``keep``.
+
+        A batch still running on an evicted adapter finishes first: unloading takes the model's
+        lock, which scoring holds. Work queued for it afterwards is answered "no longer served".
+        """
         while True:
             with self._registry:
                 if len(self._trained) <= KEEP_TRAINED:
                     return
-                version_id = next(iter(self._trained))
-                if version_id == self.active_id:
-                    self._trained.move_to_end(version_id)
-                    continue
+                candidates = [version_id for version_id in self._trained if version_id not in keep]
+                if not candidates:
+                    return
+                version_id = candidates[0]
                 scorer = self._trained.pop(version_id)
             scorer.close(cache=False)
             self._stock.loaded.unload_adapter(version_id)

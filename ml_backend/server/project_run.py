@@ -8,17 +8,20 @@ project scored here answers instantly when the server is asked later, and vice v
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.media import MediaResolver
 from ..settings import Settings
+from .actions import PUSH, post_prediction, push_payload
 from .backfill import enqueue_project
 from .metrics import BackendMetrics
-from .pusher import RETRY_DELAYS_S, push_prediction
-from .queue import JobOutcome, PushTarget, ScoringQueue
+from .outbox import ActionKind, Outbox
+from .predictions import build_prediction
+from .queue import JobOutcome, ScoringQueue
 from .store import BackendStore, StoredOutcome
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class ProjectRunSummary:
     already_present: int = 0
     failed_video: int = 0
     failed_push: int = 0
+    still_queued: int = 0
     project_version_set: bool = False
 
     def describe(self) -> str:
@@ -44,22 +48,20 @@ class ProjectRunSummary:
             f"  videos that failed:         {self.failed_video}",
             f"  predictions not posted:     {self.failed_push}",
         ]
+        if self.still_queued:
+            lines.append(f"  still queued (Label Studio unreachable): {self.still_queued}; they are kept and "
+                         "posted by the next score-project run of this project")
         if self.project_version_set:
             lines.append(f"  project model_version is now {self.model_version}")
         return "\n".join(lines)
 
 
-def _push_with_retries(target: PushTarget, difficulty: float, version: str) -> bool | None:
-    """True posted, False already there, None failed for good."""
-    for attempt in range(len(RETRY_DELAYS_S) + 1):
-        try:
-            return push_prediction(target, difficulty, version)
-        except LabelStudioApiError as exc:
-            if not exc.transient or attempt == len(RETRY_DELAYS_S):
-                log.error("task %s: prediction not posted: %s", target.task_id, exc)
-                return None
-            time.sleep(RETRY_DELAYS_S[attempt])
-    return None
+PUSH_WAIT_S = 300.0  # how long the command waits for Label Studio to take the last predictions
+
+
+def project_outbox_path(settings: Settings, project_id: int) -> Any:
+    """The command's own outbox file (one per project: two runs never share a queue)."""
+    return settings.cache_dir / f"outbox-project-{project_id}.sqlite"
 
 
 def score_project(settings: Settings, project_id: int, *, set_project_version: bool = True,
@@ -83,6 +85,25 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
     queue = ScoringQueue(scorer=lambda: scorer, resolver=features.track(resolver), store=store,
                          metrics=BackendMetrics(), on_late_result=lambda *_: None, batch_size=settings.batch_size,
                          download_workers=settings.download_workers)
+    counts_lock = threading.Lock()
+
+    def push(_key: str, payload: dict[str, Any]) -> None:
+        posted = post_prediction(api, int(payload["task"]), dict(payload["prediction"]))
+        with counts_lock:
+            if posted:
+                summary.posted += 1
+            else:
+                summary.already_present += 1
+
+    def count_outcome(_kind: str, result: str) -> None:
+        if result == "gave_up":
+            with counts_lock:
+                summary.failed_push += 1
+
+    # Pushes go through the same outbox mechanism and policy as the server's (retried, kept on disk).
+    outbox = Outbox(project_outbox_path(settings, project_id), {"push": ActionKind(PUSH, push)}, lanes={"fast": 2},
+                    on_outcome=count_outcome)
+    outbox.start()
     queue.start()
     try:
         work = enqueue_project(api, project_id, config, version, queue, store)
@@ -100,15 +121,14 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
                 summary.failed_video += 1
                 log.warning("task %s: no prediction: %s", task_id, outcome.error if outcome else "no outcome")
             else:
-                posted = _push_with_retries(PushTarget(task_id, connection, config), outcome.difficulty, version)
-                if posted is None:
-                    summary.failed_push += 1
-                elif posted:
-                    summary.posted += 1
-                else:
-                    summary.already_present += 1
+                key, payload = push_payload(task_id, project_id, build_prediction(outcome.difficulty, config, version))
+                outbox.ask("push", key, payload)
             bar.update(1)
         bar.close()
+        if not outbox.wait_idle(PUSH_WAIT_S):
+            summary.still_queued = len(outbox.pending("push"))
+            log.error("project %s: Label Studio did not take %d predictions within %.0f s", project_id,
+                      summary.still_queued, PUSH_WAIT_S)
         if set_project_version and (summary.posted or summary.already_present):
             try:
                 if api.project_model_version(project_id) != version:
@@ -118,6 +138,7 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
                 log.error("project %s: model_version not set: %s", project_id, exc)
     finally:
         queue.stop()
+        outbox.stop()
         resolver.close()
         store.close()
     return summary

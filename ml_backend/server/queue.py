@@ -60,10 +60,11 @@ class MediaRequest:
 
 @dataclass(frozen=True)
 class PushTarget:
-    """Where a late result goes: one task of one project, and how to phrase the prediction."""
+    """Where a late result goes: one task of one project (its connection is looked up when pushed),
+    and how to phrase the prediction."""
 
     task_id: int
-    connection: Connection
+    project_id: int | None
     config: ProjectConfig
 
 

@@ -8,6 +8,7 @@ HTTP and maps errors to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,20 +17,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import MdsVqaError
-from ..labelstudio.client import Connection
+from ..labelstudio.client import Connection, LabelStudioApi, choose_connection
 from ..labelstudio.config import ConfigCache, ProjectConfig
 from ..labelstudio.media import MediaResolver, media_key
 from ..prioritize.backend import BackendPriority
 from ..prioritize.features import FeatureRecorder
 from ..settings import Settings
+from .actions import LabelStudioActions, ProjectSync, push_payload
 from .auth import AccessPolicy
-from .backfill import ProjectBackfill
+from .backfill import enqueue_project
 from .metrics import BackendMetrics
+from .outbox import Outbox
 from .predictions import build_prediction
-from .pusher import PredictionPusher
 from .queue import PRIORITY_INTERACTIVE, JobOutcome, MediaRequest, PushTarget, Scorer, ScoreJob, ScoringQueue
 from .store import BackendStore, StoredOutcome
-from .sync import ProjectSync
 from .webhooks import TrainingHook, WebhookReply, handle_event
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,17 @@ class ModelNotReadyError(MdsVqaError):
 
 
 def parse_project_id(value: Any) -> int | None:
-    """Label Studio sends the project as "<id>.<created timestamp>"."""
-    if value is None or value == "":
-        return None
+    """Label Studio sends the project as "<id>.<created timestamp>"; a bad id is a BadRequestError.
+
+    The one parser of project ids (webhooks use it too): ``project_ids.parse_project_id``.
+    """
+    from .project_ids import ProjectIdError
+    from .project_ids import parse_project_id as parse
+
     try:
-        return int(str(value).split(".")[0])
-    except ValueError as exc:
-        raise BadRequestError(f"'project' must look like '<id>.<timestamp>', got {str(value)[:40]!r}") from exc
+        return parse(value)
+    except ProjectIdError as exc:
+        raise BadRequestError(str(exc)) from exc
 
 
 class ScorerHandle:
@@ -70,21 +75,29 @@ class ScorerHandle:
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self, on_ready: Callable[[Scorer], None] | None = None) -> None:
+        """Load on a thread of its own (minutes for a 7B model); ``on_ready`` runs there once loaded."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._load, name="mdsvqa-model-load", daemon=True)
+            self._thread = threading.Thread(target=self._load, args=(on_ready,), name="mdsvqa-model-load",
+                                            daemon=True)
             self._thread.start()
 
-    def _load(self) -> None:
+    def _load(self, on_ready: Callable[[Scorer], None] | None) -> None:
         started = time.monotonic()
         try:
-            self._scorer = self._factory()
-            log.info("model ready: %s (%.1f s)", self._scorer.model_version, time.monotonic() - started)
+            scorer = self._scorer = self._factory()
+            log.info("model ready: %s (%.1f s)", scorer.model_version, time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - reported through get() and /health
             self._error = exc
             log.error("loading the model failed: %s", exc)
+            return
         finally:
             self._ready.set()
+        if on_ready is not None:
+            try:
+                on_ready(scorer)
+            except Exception:  # noqa: BLE001 - metrics and bookkeeping must not fail the load
+                log.exception("after loading the model")
 
     @property
     def state(self) -> str:
@@ -148,16 +161,13 @@ class BackendService:
         self.media = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                                    timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
         self.resolver = self.features.track(self.media)
-        self.pusher = PredictionPusher(self.metrics)
         self.queue = ScoringQueue(
             scorer=lambda: self.scorer.get(None), resolver=self.resolver, store=self.store, metrics=self.metrics,
-            on_late_result=self.pusher.submit, batch_size=settings.batch_size,
+            on_late_result=self.push_late, batch_size=settings.batch_size,
             download_workers=settings.download_workers, scorer_for=self._earlier_scorer,
         )
-        self.sync = ProjectSync(instance_id=self.instance_id, public_url=settings.public_url,
-                                webhook_header=self.access.webhook_header,
-                                recheck_s=settings.model_version_recheck_s)
-        self.backfill = ProjectBackfill(self.queue, self.store, self.pusher)
+        self.project_sync = ProjectSync(instance_id=self.instance_id, public_url=settings.public_url,
+                                        webhook_header=self.access.webhook_header)
         if training is None:
             from .training import BackendTraining
 
@@ -166,44 +176,54 @@ class BackendService:
         self.training = training
         self.priority = BackendPriority(
             settings.priority, recorder=self.features, scorer=lambda: self.scorer.get(None), resolver=self.media,
-            registry=self.metrics.registry, busy=lambda: self.queue.pending > 0 or not self.pusher.wait_idle(0),
+            registry=self.metrics.registry, ask=self._ask_priority,
+            busy=lambda: self.queue.pending > 0 or bool(self.outbox.pending("push")),
         )
+        actions = LabelStudioActions(
+            connection_for=self.connection_for, config_for=self.config_for, project_sync=self.project_sync,
+            backfill=self._backfill, priority_pass=self.priority.run, priority_debounce_s=settings.priority.debounce_s,
+            on_push=lambda result: self.metrics.pushes.labels(result).inc())
+        # All work sent to Label Studio goes through here: durable, keyed, retried (server/outbox.py).
+        self.outbox = Outbox(settings.outbox_path, actions.kinds(),
+                             on_outcome=lambda kind, outcome: self.metrics.outbox.labels(kind, outcome).inc())
+        self._synced: dict[tuple[int, str], float] = {}  # (project, version) -> monotonic time of the last sync ask
+        self._backfilled: set[tuple[int, str]] = set()
         self._setup_connections: dict[int, Connection] = {}
         self._setup_configs: dict[int, ProjectConfig] = {}
         self._refresh_wanted: set[int] = set()  # projects whose predictions a new version must refresh
         self._lock = threading.Lock()
+        self._components = contextlib.ExitStack()
         self._started = False
 
     def start(self) -> None:
-        """Start loading the model and the background workers (after gunicorn forked the worker)."""
+        """Start loading the model and every background component (after gunicorn forked the worker).
+
+        Each component is started here and its stop registered on one exit stack, so stop()
+        ends them all, in reverse order, even when a later start failed.
+        """
         if self._started:
             return
         self._started = True
-        self.scorer.start()
-        self.queue.start()
-        self.pusher.start()
-        self.sync.start()
-        self.backfill.start()
-        self.priority.start()
-        if self.follower is not None:
-            self.follower.start(self.scorer, self._on_new_version)
-        threading.Thread(target=self._publish_model_info, name="mdsvqa-model-info", daemon=True).start()
+        stack = self._components
+        try:
+            stack.callback(self.resolver.close)
+            stack.callback(self.store.close)
+            self.outbox.start()
+            stack.callback(self.outbox.stop)
+            self.queue.start()
+            stack.callback(self.queue.stop)
+            self.scorer.start(on_ready=self._model_ready)
+            if self.follower is not None:
+                self.follower.start(self.scorer, self._on_new_version)
+                stack.callback(self.follower.stop)
+        except BaseException:
+            stack.close()
+            raise
 
     def stop(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        self.queue.stop()
-        self.pusher.stop()
-        self.sync.stop()
-        self.backfill.stop()
-        self.priority.stop()
-        self.resolver.close()
+        self._components.close()
 
-    def _publish_model_info(self) -> None:
-        try:
-            scorer = self.scorer.get(None)
-        except ModelNotReadyError:
-            return
+    def _model_ready(self, scorer: Scorer) -> None:
         self.metrics.model_info.info({"version": scorer.model_version})
         self.metrics.model_ready.set(1)
         if self.follower is not None and self.follower.active_id is not None:
@@ -231,8 +251,8 @@ class BackendService:
                 with self._lock:  # done on its next /setup, which brings URL, token and config
                     self._refresh_wanted.add(project_id)
                 continue
-            self.sync.request(project_id, connection, new, force=True)  # a rollback returns to a synced version
-            self.backfill.request(project_id, connection, config, new, force=True)
+            self.request_sync(project_id, new, force=True)  # a rollback returns to a synced version
+            self.request_backfill(project_id, new, force=True)
         log.info("model version %s -> %s: Label Studio projects follow, predictions are refreshed", old, new)
 
     def config_for(self, project_id: int) -> ProjectConfig | None:
@@ -241,19 +261,63 @@ class BackendService:
 
     # Connections -------------------------------------------------------------------------------
     def connection_for(self, project_id: int | None) -> Connection | None:
-        """Label Studio URL and token: explicit settings win over what /setup sent."""
+        """Label Studio URL and token for a project; each token goes only where it belongs (choose_connection)."""
         with self._lock:
             from_setup = self._setup_connections.get(project_id) if project_id is not None else None
-        url = self.settings.label_studio_url or (from_setup.url if from_setup else None)
         key = self.settings.label_studio_api_key
-        token = key.get_secret_value() if key else (from_setup.token if from_setup else None)
-        if not url or not token:
-            return None
         try:
-            return Connection(url, token)
+            return choose_connection(self.settings.label_studio_url, key.get_secret_value() if key else None,
+                                     from_setup)
         except ValueError:
-            log.warning("ignoring Label Studio URL %r: not an http(s) URL", url[:80])
+            log.warning("ignoring LABEL_STUDIO_URL %r: not an http(s) URL", str(self.settings.label_studio_url)[:80])
             return None
+
+    # Background work, all through the outbox ---------------------------------------------------
+    def request_sync(self, project_id: int, version: str, *, force: bool = False) -> bool:
+        """Sync the project with our model version, unless asked recently (``force``: a rollback to it)."""
+        key = (project_id, version)
+        now = time.monotonic()
+        with self._lock:
+            last = self._synced.get(key)
+            if not force and last is not None and now - last < self.settings.model_version_recheck_s:
+                return False
+            self._synced[key] = now
+        self.outbox.ask("sync", str(project_id), {"project": project_id, "version": version})
+        return True
+
+    def request_backfill(self, project_id: int, version: str, *, force: bool = False) -> bool:
+        """Score every task lacking a prediction of ``version``: once per process and version unless forced."""
+        with self._lock:
+            if (project_id, version) in self._backfilled and not force:
+                return False
+            self._backfilled.add((project_id, version))
+        self.outbox.ask("backfill", f"{project_id}:{version}", {"project": project_id, "version": version})
+        return True
+
+    def push_late(self, target: PushTarget, outcome: JobOutcome, model_version: str) -> None:
+        """A result no /predict answered: post it to Label Studio through the outbox (never a placeholder)."""
+        if outcome.difficulty is None:
+            log.warning("task %s: no prediction stored: %s", target.task_id, outcome.error)
+            self.metrics.pushes.labels("skipped_failed").inc()
+            return
+        key, payload = push_payload(target.task_id, target.project_id,
+                                    build_prediction(outcome.difficulty, target.config, model_version))
+        self.outbox.ask("push", key, payload)
+
+    def _backfill(self, api: LabelStudioApi, project_id: int, config: ProjectConfig, version: str) -> None:
+        work = enqueue_project(api, project_id, config, version, self.queue, self.store)
+        for task_id, outcome in work.done:
+            self.push_late(PushTarget(task_id, project_id, config), JobOutcome(outcome.difficulty, outcome.error, True),
+                           version)
+        for task_id, job in work.queued:
+            target = PushTarget(task_id, project_id, config)
+            if not job.push_to(target) and job.outcome is not None:
+                self.push_late(target, job.outcome, version)
+        log.info("project %s: background pass: %d tasks lacked a prediction (%d known, %d queued, %d unusable)",
+                 project_id, work.total, len(work.done), len(work.queued), len(work.unusable))
+
+    def _ask_priority(self, project_id: int, reason: str, delay: float | None) -> None:
+        self.outbox.ask("priority", str(project_id), {"project": project_id, "reason": reason}, delay=delay)
 
     # Routes ---------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -302,13 +366,15 @@ class BackendService:
                 with self._lock:
                     refresh = project_id in self._refresh_wanted  # a version switch this project missed
                     self._refresh_wanted.discard(project_id)
-                self.sync.request(project_id, connection, version, force=refresh)
+                self.request_sync(project_id, version, force=refresh)
                 if self.settings.score_project_on_setup or refresh:
-                    self.backfill.request(project_id, connection, config, version, force=refresh)
+                    self.request_backfill(project_id, version, force=refresh)
                 self.priority.on_setup(project_id, connection, version)
         return {"model_version": version}
 
-    def predict(self, body: Any) -> dict[str, Any]:
+    def predict(self, body: Any, *, wait: bool = True) -> dict[str, Any]:
+        """``wait=False`` (every waiting slot taken, see app.py): answer at once with what is cached;
+        tasks still to score are deferred as at the deadline, and never wait for the model to load."""
         started = time.monotonic()
         deadline = started + self.settings.predict_deadline_s
         if not isinstance(body, dict):
@@ -317,9 +383,12 @@ class BackendService:
         if not isinstance(tasks, list):
             raise BadRequestError("/predict body needs 'tasks': a list of tasks")
         project_id = parse_project_id(body.get("project"))
-        config = self.configs.get(body.get("label_config") or "")
+        label_config = body.get("label_config") or ""
+        if not isinstance(label_config, str):
+            raise BadRequestError("'label_config' must be the label config: a string of XML")
+        config = self.configs.get(label_config)
         self.nudge()
-        scorer = self.scorer.get(min(SETUP_WAIT_S, self.settings.predict_deadline_s))
+        scorer = self.scorer.get(min(SETUP_WAIT_S, self.settings.predict_deadline_s) if wait else 0.0)
         version = scorer.model_version
         connection = self.connection_for(project_id)
 
@@ -367,11 +436,11 @@ class BackendService:
             pending.append(_Pending(position, task_id, job))
 
         for item in pending:
-            item.job.wait(max(0.0, deadline - time.monotonic()))
+            item.job.wait(max(0.0, deadline - time.monotonic()) if wait else 0.0)
         for item in pending:
             outcome: JobOutcome | None
             if isinstance(item.task_id, int):
-                late = PushTarget(item.task_id, connection, config) if connection is not None else None
+                late = PushTarget(item.task_id, project_id, config) if connection is not None else None
                 outcome = item.job.unwatch(item.task_id, late)
             else:
                 outcome = item.job.outcome
