@@ -241,6 +241,11 @@ class Settings(BaseSettings):
 
     # Throughput
     batch_size: int = Field(2, ge=1, description="Videos per forward pass.")
+    max_visual_tokens: int = Field(
+        0, ge=0, description="Refuse (final error, nothing decoded) a video whose sampled frames make more visual "
+        "tokens than this; 0 = derived from the memory of the device when the model is loaded (docs/memory.md). "
+        "Raising it past what the memory holds gets the worker killed by the kernel.",
+    )
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Score cache and downloads.")
     use_cache: bool = Field(True, description="Read and write the persistent score cache.")
 
@@ -290,8 +295,8 @@ class Settings(BaseSettings):
         "(also checked on every /health, /setup and /predict).",
     )
     webhook_secret: SecretStr | None = Field(
-        None, description="Secret Label Studio's webhook must send in X-Mdsvqa-Webhook-Secret (default: derived "
-        "from the basic auth password). Never logged.",
+        None, description="Secret Label Studio's webhook must send in X-Mdsvqa-Webhook-Secret (default: a random "
+        "one kept in MDSVQA_CACHE_DIR/webhook_secret). Never logged.",
     )
 
     video: VideoSettings = Field(default_factory=VideoSettings)
@@ -307,6 +312,16 @@ class Settings(BaseSettings):
     def backend_state_path(self) -> Path:
         """Backend's own state: scores by media URL, projects set up, training requests."""
         return self.cache_dir / "backend.sqlite"
+
+    @property
+    def webhook_secret_path(self) -> Path:
+        """Where the backend keeps its random webhook secret when MDSVQA_WEBHOOK_SECRET is unset."""
+        return self.cache_dir / "webhook_secret"
+
+    @property
+    def outbox_path(self) -> Path:
+        """The backend's pending work for Label Studio (server/outbox.py), beside its state."""
+        return self.cache_dir / "outbox.sqlite"
 
     @property
     def download_dir(self) -> Path:
