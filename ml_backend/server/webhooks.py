@@ -62,15 +62,18 @@ class RecordOnlyTraining:
 
 
 def project_id_of(event: dict[str, Any]) -> int | None:
-    """Webhook bodies carry the project as a serialized object (or, from older servers, an id)."""
+    """Webhook bodies carry the project as a serialized object (or, from older servers, an id).
+
+    None when the body names no project or no valid id (``project_ids``: one parser for every route).
+    """
+    from .project_ids import ProjectIdError, parse_project_id
+
     project = event.get("project")
     if isinstance(project, dict):
         project = project.get("id")
-    if isinstance(project, str):
-        project = project.split(".")[0]
     try:
-        return int(project) if project is not None else None
-    except (TypeError, ValueError):
+        return parse_project_id(project)
+    except ProjectIdError:
         return None
 
 
