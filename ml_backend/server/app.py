@@ -8,11 +8,14 @@ to status codes; behaviour lives in BackendService. Request paths are never logg
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..labelstudio.config import LabelConfigError
 from ..settings import Settings
@@ -22,6 +25,8 @@ from .service import BackendService, BadRequestError, ModelNotReadyError
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a 10k-task /predict is a few MB
+MAX_JSON_DEPTH = 64  # Label Studio's bodies nest < 10 deep; json.loads itself fails near 1000
+RESERVED_THREADS = 2  # request threads that waiting /predict requests never take (see predict_wait_slots)
 PROTECTED = frozenset({"setup", "predict", "train", "versions", "train_status", "train_jobs",
                        "metrics"})  # endpoints needing basic auth
 
@@ -37,6 +42,10 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
         service.start()
     app = Flask("mdsvqa")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # At most this many /predict requests wait on scoring at once; the others answer at once (cached
+    # results, the rest deferred), so /health, /setup and webhooks always find a free thread.
+    slots = predict_wait_slots(settings.threads)
+    predict_slots = threading.BoundedSemaphore(slots) if slots else None
     app.extensions["mdsvqa"] = service
     if not service.access.basic_auth_required and service.access.webhook_secret is None:
         log.warning("no MDSVQA_BASIC_AUTH_USER/PASSWORD: anyone who reaches this port can use the backend")
@@ -47,10 +56,7 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
         return response
 
     def json_body() -> Any:
-        body = request.get_json(silent=True, force=True)
-        if body is None:
-            raise BadRequestError("the request body is not valid JSON")
-        return body
+        return parse_json_body(request.get_data(cache=True))  # over MAX_BODY_BYTES: RequestEntityTooLarge
 
     @app.before_request
     def _start_timer() -> Response | None:
@@ -86,7 +92,7 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
             response.headers["Retry-After"] = "5"
         return response
 
-    @app.errorhandler(413)
+    @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc) -> Response:
         return error(413, f"request body over {MAX_BODY_BYTES} bytes")
 
@@ -111,11 +117,21 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
 
     @app.post("/setup")
     def setup() -> Response:
-        return jsonify(service.setup(json_body()))
+        body = json_body()
+        if isinstance(body, dict) and body.get("schema") is not None and not isinstance(body["schema"], str):
+            raise BadRequestError("'schema' must be the label config: a string of XML")
+        return jsonify(service.setup(body))
 
     @app.post("/predict")
     def predict() -> Response:
-        return jsonify(service.predict(json_body()))
+        body = json_body()
+        admitted = predict_slots is not None and predict_slots.acquire(blocking=False)
+        service.metrics.predict_admission.labels("waited" if admitted else "busy").inc()
+        try:
+            return jsonify(service.predict(body, wait=admitted))
+        finally:
+            if admitted and predict_slots is not None:
+                predict_slots.release()
 
     @app.post("/webhook")
     def webhook() -> Response:
@@ -169,3 +185,32 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
         return Response(generate_latest(service.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def predict_wait_slots(threads: int) -> int:
+    """/predict requests that may wait on scoring at once: all request threads but RESERVED_THREADS
+    (but one with 2 threads, none with 1), which stay free for /health, /setup and webhooks."""
+    return 0 if threads <= 1 else max(1, threads - RESERVED_THREADS)
+
+
+def parse_json_body(data: bytes) -> Any:
+    """The body as JSON; BadRequestError (400) for anything else, too deep nesting included."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequestError("the request body is not valid JSON") from exc
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and _nests_deeper(body, MAX_JSON_DEPTH):
+        raise BadRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` deep (iterative: no recursion on client input)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
