@@ -1,4 +1,4 @@
-"""``mdsvqa serve``: the Label Studio ML backend under gunicorn."""
+"""``mdsvqa serve``: the Label Studio ML backend (waitress: one process, request threads)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="Run the Label Studio ML backend (gunicorn, one worker, threads).",
+        help="Run the Label Studio ML backend (one process, request threads).",
         description="Serve difficulty predictions to Label Studio. Every option can also be set from the "
         "environment (MDSVQA_BASE, MDSVQA_ADAPTER, MDSVQA_HOST, MDSVQA_PORT, MDSVQA_MODEL_DIR, ...); "
         "options given here win. See docs/backend.md.",
