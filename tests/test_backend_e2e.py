@@ -1,4 +1,4 @@
-"""End to end against a real Label Studio 1.23.2 and a real ``mdsvqa serve`` (gunicorn) with the tiny model.
+"""End to end against a real Label Studio 1.23.2 and a real ``mdsvqa serve`` (waitress) with the tiny model.
 
 What a user would see: a difficulty on every good video after "Retrieve predictions",
 the Prediction score column filled (project model_version == prediction model_version)
@@ -11,15 +11,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.backend_fakes import FakeServer
-from tests.labelstudio_support import (REPO, LabelStudio, read_backend_events, start_backend, stop_process,
-                                       wait_for)
+from tests.labelstudio_support import REPO, LabelStudio, read_backend_events, start_backend, stop_process, wait_for
 from tests.media import SHARED_VIDEO_NAMES
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -111,9 +109,7 @@ def version(backend, project) -> str:
 @pytest.fixture(scope="module")
 def retrieved(label_studio, project, version):
     """Data Manager > Retrieve predictions on every task (one synchronous /predict batch)."""
-    started = time.monotonic()
-    reply = label_studio.dm_action(project["id"], "retrieve_tasks_predictions")
-    return {"reply": reply, "seconds": time.monotonic() - started}
+    return {"reply": label_studio.dm_action(project["id"], "retrieve_tasks_predictions")}
 
 
 def current_predictions(label_studio, project_id, version) -> dict[int, list[dict]]:
@@ -136,7 +132,10 @@ def test_connecting_keeps_model_version_equal(label_studio, project, version):
 
 def test_retrieve_predictions_gives_every_good_video_a_difficulty(label_studio, backend, project, version,
                                                                     retrieved):
-    assert retrieved["seconds"] < 100
+    # every /predict answered within Label Studio's 100 s, by the backend's own histogram
+    slot = backend.current
+    assert slot.metric('mdsvqa_http_request_seconds_bucket{le="100.0",route="/predict"}') == \
+        slot.metric('mdsvqa_http_request_seconds_count{route="/predict"}') > 0
     predictions = current_predictions(label_studio, project["id"], version)
     assert set(predictions) == set(project["good"]), "exactly the good videos get predictions"
     for task_id, found in predictions.items():
@@ -208,17 +207,14 @@ def test_webhook_is_protected_and_annotation_events_arrive(label_studio, backend
 
 def test_start_training_is_acknowledged_within_a_second(label_studio, backend, project):
     before = backend.current.metric('mdsvqa_http_request_seconds_count{route="/webhook"}')
-    started = time.monotonic()
     label_studio.api("POST", f"/api/ml/{project['ml']}/train")
-    elapsed = time.monotonic() - started
     events = wait_for(lambda: read_backend_events(backend.cache_dir, "START_TRAINING"), timeout=10,
                       what="START_TRAINING recorded")
     assert events[-1]["project_id"] == project["id"]
     slot = backend.current
     after = slot.metric('mdsvqa_http_request_seconds_count{route="/webhook"}')
     within = slot.metric('mdsvqa_http_request_seconds_bucket{le="1.0",route="/webhook"}')
-    assert after > before and within == after, "every webhook answered within 1 s"
-    assert elapsed < 5, f"Label Studio's train call took {elapsed:.1f} s"
+    assert after > before and within == after, "every webhook answered within 1 s (server-side histogram)"
 
 
 def test_score_project_command(label_studio, tiny_model, shared_videos, tmp_path):
@@ -275,12 +271,12 @@ def test_background_pass_and_late_predictions(label_studio, tiny_model, tmp_path
                  what="background pass predicted the project")
 
         later = label_studio.upload(project_id, fresh[2:])
-        started = time.monotonic()
+        deferred = backend.metric('mdsvqa_task_predictions_total{outcome="deferred"}')
         label_studio.dm_action(project_id, "retrieve_tasks_predictions")
-        assert time.monotonic() - started < 10
+        # the retrieval came back before its videos were scored: they were deferred, to be pushed later
+        assert backend.metric('mdsvqa_task_predictions_total{outcome="deferred"}') > deferred
         wait_for(lambda: set(current_predictions(label_studio, project_id, version)) == set(first + later),
                  timeout=120, what="late predictions pushed")
-        assert backend.metric('mdsvqa_task_predictions_total{outcome="deferred"}') >= 1
         label_studio.dm_action(project_id, "retrieve_tasks_predictions")
         wait_for(lambda: backend.metric("mdsvqa_queue_length") == 0, timeout=30, what="queue drained")
         predictions = current_predictions(label_studio, project_id, version)
