@@ -34,6 +34,14 @@ def test_explicit_delay_replaces_the_debounce():
     assert on_ask(PASS, entry, "3", {}, now=100.5, delay=3.0).due == 103.5
 
 
+def test_polling_kinds_let_a_nudge_bring_the_run_forward():
+    poll = ActionPolicy("follow", lane="model", retry_delays_s=(2.0,), retry_forever=True, earliest_wins=True)
+    entry = on_ask(poll, None, "difficulty", {}, now=100.0, delay=2.0)
+    assert on_ask(poll, entry, "difficulty", {}, now=100.5, delay=0.0).due == 100.5
+    assert on_ask(poll, entry, "difficulty", {}, now=100.5, delay=5.0).due == 102.0
+    assert on_ask(PASS, entry, "3", {}, now=100.5, delay=0.0).due == 102.0  # a debounced kind keeps the later
+
+
 def test_every_ask_takes_a_new_token_so_older_runs_are_stale():
     first = on_ask(PUSH, None, "7:v1", {"difficulty": 2.0}, now=0.0)
     second = on_ask(PUSH, first, "7:v1", {"difficulty": 3.0}, now=0.5)

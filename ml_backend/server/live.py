@@ -2,8 +2,9 @@
 
 A training job (or ``mdsvqa activate``) only rewrites ``MODEL_DIR/active/difficulty.json``;
 the serving process notices with one ``stat`` (:class:`ml_backend.training.versions.ActiveWatcher`)
-on a background thread every ``MDSVQA_VERSION_POLL_S`` seconds, and at once when /health,
-/setup or /predict nudge it. The new version is loaded as a named adapter on the shared
+every ``MDSVQA_VERSION_POLL_S`` seconds, and at once when /health, /setup or /predict nudge
+it. The checks run as the backend outbox's ``follow`` action on a lane of their own (a slow
+ordering pass never delays a switch); each check asks for the next. The new version is loaded as a named adapter on the shared
 base (the 7B base stays in memory once), off the request path; then the scorer handle is
 swapped in one assignment. Requests that started earlier keep the scorer they took, and
 queued work finishes with the version it was submitted for (``ScoringQueue.scorer_for``):
@@ -17,17 +18,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings
 from ..training.versions import VersionStore
+from .outbox import ActionKind, RetryLater
+from .outbox_state import ActionPolicy
 
 log = logging.getLogger(__name__)
 
 KEEP_TRAINED = 2  # trained adapters kept in memory: the one serving and the one before it
 KIND = "difficulty"
+NUDGE_EVERY_S = 0.5  # requests nudge at most this often (each nudge is one outbox write)
 
 
 class VersionFollower:
@@ -45,10 +50,10 @@ class VersionFollower:
         self._trained: OrderedDict[str, Any] = OrderedDict()  # version id -> scorer, oldest first
         self._registry = threading.Lock()  # guards _trained (read by queue threads); never held while loading
         self._switch_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._handle = None
+        self._stopped = False
+        self._last_nudge = float("-inf")
+        self._ask: Callable[[float], None] | None = None
+        self._handle: Any = None
         self._on_switch: Callable[[str, str], None] | None = None
         self.active_id: str | None = None  # the version now served (None: the configured adapter)
         self.error: str | None = None  # why the last activated version is not served
@@ -73,36 +78,45 @@ class VersionFollower:
         log.info("serving the active %s version %s (%s)", KIND, target, scorer.model_version)
         return scorer
 
-    def start(self, handle, on_switch: Callable[[str, str], None]) -> None:
-        """Follow activations on a daemon thread once ``handle`` (the ScorerHandle) is ready."""
+    def action(self) -> ActionKind:
+        """The outbox's ``follow`` action: one check, then the next one asked for ``version_poll_s`` later."""
+        poll = self.settings.version_poll_s
+        return ActionKind(ActionPolicy("follow", lane="model", retry_delays_s=(poll,), retry_forever=True,
+                                       earliest_wins=True),
+                          self._follow)
+
+    def start(self, handle: Any, on_switch: Callable[[str, str], None], ask: Callable[[float], None]) -> None:
+        """Follow activations once ``handle`` (the ScorerHandle) is ready; ``ask(delay)`` schedules a check."""
         self._handle = handle
         self._on_switch = on_switch
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="mdsvqa-versions", daemon=True)
-            self._thread.start()
+        self._ask = ask
+        ask(0.0)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stopped = True
 
     def nudge(self) -> None:
-        """Check for a new version now (called by requests; costs nothing on the request path)."""
-        self._wake.set()
+        """Check for a new version soon (called by requests: at most one outbox write per NUDGE_EVERY_S)."""
+        now = time.monotonic()
+        if self._ask is None or self._stopped or now - self._last_nudge < NUDGE_EVERY_S:
+            return
+        self._last_nudge = now
+        self._ask(0.0)
 
     # Following ---------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        self._handle.wait(None)
-        if self._handle.state != "ready" or self._watcher is None:
+    def _follow(self, _key: str, _payload: dict[str, Any]) -> None:
+        if self._stopped or self._handle is None:
             return
-        while not self._stop.is_set():
-            self._wake.wait(self.settings.version_poll_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.check()
-            except Exception:  # a bug here must not end following
-                log.exception("checking for a new %s version failed", KIND)
+        if self._handle.state == "loading":
+            raise RetryLater("the model is still loading")  # polled at the policy's delay
+        if self._handle.state != "ready" or self._watcher is None:
+            return  # nothing loaded: nothing to follow
+        try:
+            self.check()
+        except Exception:  # noqa: BLE001 - a bug here must not end following
+            log.exception("checking for a new %s version failed", KIND)
+        if self._ask is not None and not self._stopped:
+            self._ask(self.settings.version_poll_s)
 
     def check(self) -> bool:
         """Switch to the active version if it changed since the last check; True when switched."""

@@ -29,6 +29,8 @@ class ActionPolicy:
     last one, ``retry_forever`` keeps retrying at the last delay (work that must never be
     lost: predictions); otherwise the entry is dropped and logged (work the next ask redoes).
     ``lane``: the worker group that runs it (slow passes must not hold up quick pushes).
+    ``earliest_wins``: an ask may bring the run forward instead of pushing it back (polling,
+    where a nudge means "look now").
     """
 
     kind: str
@@ -37,6 +39,7 @@ class ActionPolicy:
     max_wait_s: float | None = None
     retry_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
     retry_forever: bool = False
+    earliest_wins: bool = False
 
     def __post_init__(self) -> None:
         if self.debounce_s < 0 or any(delay < 0 for delay in self.retry_delays_s):
@@ -86,7 +89,10 @@ def on_ask(policy: ActionPolicy, existing: Entry | None, key: str, payload: dict
     wait = policy.debounce_s if delay is None else max(0.0, delay)
     if existing is None:
         return Entry(policy.kind, key, dict(payload), now + wait, now)
-    due = max(existing.due if existing.attempt == 0 else now, now + wait)
+    if policy.earliest_wins:
+        due = min(existing.due, now + wait) if existing.attempt == 0 else now + wait
+    else:
+        due = max(existing.due if existing.attempt == 0 else now, now + wait)
     limit = policy.max_wait_s
     if limit is not None:
         due = min(due, existing.first_ask + max(limit, wait))

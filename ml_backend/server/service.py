@@ -183,9 +183,16 @@ class BackendService:
             connection_for=self.connection_for, config_for=self.config_for, project_sync=self.project_sync,
             backfill=self._backfill, priority_pass=self.priority.run, priority_debounce_s=settings.priority.debounce_s,
             on_push=lambda result: self.metrics.pushes.labels(result).inc())
-        # All work sent to Label Studio goes through here: durable, keyed, retried (server/outbox.py).
-        self.outbox = Outbox(settings.outbox_path, actions.kinds(),
+        kinds = actions.kinds()
+        if self.follower is not None:
+            kinds["follow"] = self.follower.action()
+        if hasattr(training, "action"):
+            kinds["job"] = training.action()
+        # All background work goes through here: durable, keyed, retried (server/outbox.py).
+        self.outbox = Outbox(settings.outbox_path, kinds, lanes={"fast": 2, "slow": 1, "model": 1},
                              on_outcome=lambda kind, outcome: self.metrics.outbox.labels(kind, outcome).inc())
+        if hasattr(training, "attach"):
+            training.attach(lambda job_id: self.outbox.ask("job", job_id))
         self._synced: dict[tuple[int, str], float] = {}  # (project, version) -> monotonic time of the last sync ask
         self._backfilled: set[tuple[int, str]] = set()
         self._setup_connections: dict[int, Connection] = {}
@@ -214,7 +221,8 @@ class BackendService:
             stack.callback(self.queue.stop)
             self.scorer.start(on_ready=self._model_ready)
             if self.follower is not None:
-                self.follower.start(self.scorer, self._on_new_version)
+                self.follower.start(self.scorer, self._on_new_version,
+                                    lambda delay: self.outbox.ask("follow", "difficulty", delay=delay))
                 stack.callback(self.follower.stop)
         except BaseException:
             stack.close()

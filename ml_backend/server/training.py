@@ -25,6 +25,8 @@ from ..labelstudio.client import Connection
 from ..labelstudio.config import ProjectConfig
 from ..settings import Settings
 from ..training.jobs import JobManager, JobStatus, tail_lines  # noqa: F401 (re-exported)
+from .outbox import ActionKind, RetryLater
+from .outbox_state import ActionPolicy
 from .store import BackendStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,15 @@ class BackendTraining:
         self._config_for = config_for
         self._on_finished = on_finished
         self._lock = threading.Lock()  # JobManager keeps its child list unsynchronised
+        self._ask: Callable[[str], None] | None = None
+
+    def action(self) -> ActionKind:
+        """The outbox's ``job`` action: look at a started job every second until its process ended."""
+        return ActionKind(ActionPolicy("job", lane="model", retry_delays_s=(1.0,), retry_forever=True), self._reap)
+
+    def attach(self, ask: Callable[[str], None]) -> None:
+        """``ask(job_id)`` schedules the ``job`` action (the service binds it to its outbox)."""
+        self._ask = ask
 
     # TrainingHook -------------------------------------------------------------------------------
     def start_training(self, project_id: int, event: dict[str, Any]) -> dict[str, Any]:
@@ -133,21 +144,23 @@ class BackendTraining:
 
     def _watch(self, job_id: str) -> None:
         """Reap the job process when it ends (no zombie) and tell the server to look for a new version."""
+        if self._ask is not None:
+            self._ask(job_id)
+
+    def _reap(self, job_id: str, _payload: dict[str, Any]) -> None:
         with self._lock:
             process = self.jobs.process(job_id)
         if process is None:
-            return
-
-        def wait() -> None:
-            code = process.wait()
-            with self._lock:
-                status = self.jobs.status(job_id)
-            log.info("training job %s ended (exit %s): %s%s", job_id, code, status.state if status else "?",
-                     f": {status.error}" if status is not None and status.error else "")
-            if self._on_finished is not None:
-                self._on_finished()
-
-        threading.Thread(target=wait, name=f"mdsvqa-{job_id}", daemon=True).start()
+            return  # started by an earlier process of ours, or already reaped
+        code = process.poll()
+        if code is None:
+            raise RetryLater(f"training job {job_id} still running")
+        with self._lock:
+            status = self.jobs.status(job_id)
+        log.info("training job %s ended (exit %s): %s%s", job_id, code, status.state if status else "?",
+                 f": {status.error}" if status is not None and status.error else "")
+        if self._on_finished is not None:
+            self._on_finished()
 
     def _refuse(self, project_id: int, code: int, message: str, **extra: Any) -> dict[str, Any]:
         log.warning("project %s: training not started: %s", project_id, message)
