@@ -18,6 +18,35 @@ DEFAULT_BASE = "hollow404/VQR1-7B-YouTubeUGC"
 DEFAULT_ADAPTER = "hollow404/MDS-VQA-Failure-Predictor"
 
 
+# Marks a setting that is not secret by itself but part of a credential (the basic auth user,
+# Label Studio's URL that goes with its token): handed on only together with its secret.
+CREDENTIAL = {"mdsvqa_credential": True}
+
+
+def credential_fields(model: type[BaseSettings]) -> set[str]:
+    """Fields typed SecretStr, or marked CREDENTIAL: never written into job settings or logs."""
+    found = set()
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("mdsvqa_credential") or "SecretStr" in repr(field.annotation):
+            found.add(name)
+    return found
+
+
+def credential_env_names(model: type[BaseSettings]) -> set[str]:
+    """Every environment variable that can set a credential field (prefix + name, and its aliases)."""
+    prefix = str(model.model_config.get("env_prefix", ""))
+    names = set()
+    for name in credential_fields(model):
+        names.add((prefix + name).upper())
+        alias = model.model_fields[name].validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+    return names
+
+
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mdsvqa"
 
@@ -253,7 +282,7 @@ class Settings(BaseSettings):
     label_studio_url: str | None = Field(
         None,
         validation_alias=AliasChoices("LABEL_STUDIO_URL", "MDSVQA_LABEL_STUDIO_URL", "label_studio_url"),
-        description="Label Studio base URL (also taken from /setup).",
+        description="Label Studio base URL (also taken from /setup).", json_schema_extra=CREDENTIAL,
     )
     label_studio_api_key: SecretStr | None = Field(
         None,
@@ -288,7 +317,8 @@ class Settings(BaseSettings):
     model_version_recheck_s: float = Field(
         300.0, ge=0, description="How often /setup re-checks that the project's model_version equals ours.",
     )
-    basic_auth_user: str | None = Field(None, description="HTTP basic auth user required on the backend's routes.")
+    basic_auth_user: str | None = Field(None, description="HTTP basic auth user required on the backend's routes.",
+                                        json_schema_extra=CREDENTIAL)
     basic_auth_password: SecretStr | None = Field(None, description="HTTP basic auth password. Never logged.")
     version_poll_s: float = Field(
         2.0, gt=0, description="How often the backend checks MODEL_DIR for a newly activated difficulty version "

@@ -87,7 +87,7 @@ class FakeServer:
             def _authorized(self) -> bool:
                 return self.headers.get("Authorization") == f"Token {server.token}"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 parts = urlsplit(self.path)
                 server.requests.append(("GET", self.path, dict(self.headers)))
                 if parts.path.startswith("/data/upload/"):
@@ -120,7 +120,7 @@ class FakeServer:
                     return self._send(200, json.dumps(found).encode(), "application/json")
                 return self._send(404)
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests.append(("POST", self.path, dict(self.headers)))
@@ -140,7 +140,7 @@ class FakeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         self.thread.start()
         return self
 

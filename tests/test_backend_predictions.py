@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_backend.labelstudio.config import parse_label_config
-from ml_backend.server.predictions import build_prediction, control_value, labeling_priority
+from ml_backend.labelstudio.predictions import build_prediction, control_value, labeling_priority
 
 CONFIG = parse_label_config((Path(__file__).resolve().parents[1] / "label_config.xml").read_text())
 

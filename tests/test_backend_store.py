@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from ml_backend.labelstudio.config import parse_label_config
@@ -55,3 +56,22 @@ def test_deadline_passed_turns_watch_into_push():
     assert [t.task_id for t in job.finish(JobOutcome(3.0, None, True))] == [1]
     assert job.finish(JobOutcome(4.0, None, True)) == []  # first outcome wins
     assert job.push_to(_target(3)) is False
+
+
+def test_events_keep_ids_only_and_are_bounded(tmp_path):
+    store = BackendStore(tmp_path / "s.sqlite")
+    store.max_events = 1500
+    body = {"action": "ANNOTATION_CREATED", "project": {"id": 3, "title": "t"},
+            "task": {"id": 9, "data": {"video": "https://user:pw@host/v.mp4?X-Amz-Signature=abc"}},
+            "annotation": {"id": 77, "result": [{"value": {"number": 3.7}}]}}
+    first = store.record_event("ANNOTATION_CREATED", 3, body)
+    (event,) = store.events()
+    assert event["payload"] == {"annotation": 77, "task": 9, "project": 3}
+    assert "pw" not in json.dumps(event) and "X-Amz" not in json.dumps(event)
+    marker = store.record_event("TRAINING_STARTED", 3, {"job_id": "job-1", "trigger": "button"})
+    for _ in range(3000):
+        store.record_event("ANNOTATION_CREATED", 3, body)
+    ids = [e["id"] for e in store.events()]
+    assert first not in ids and marker in ids, "old label events pruned, training markers kept"
+    assert len(ids) <= store.max_events + 1000 + 1
+    assert store.last_event_id(3, "TRAINING_STARTED") == marker

@@ -80,7 +80,8 @@ def test_describe_metrics_reports_the_change():
     assert improvement(m(0.5), m(None)) == {"srcc": None, "plcc": 0.0}
 
 
-def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, shared_videos, tmp_path, one_torch_thread):
+def test_f_scores_for_every_readable_video_with_the_current_f(tiny_model_dir, shared_videos, tmp_path,
+                                                              one_torch_thread):
     """The tiny model's sampled answers never parse: with f_unparsed=constrained each readable video gets an f."""
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
@@ -175,3 +176,21 @@ def test_f_estimates_sample_with_the_serving_options(tiny_model_dir, shared_vide
     policy = Policy.load(settings, None)
     policy.predict([shared_videos / "carphone_distorted.mp4"], "quality", samples=2, max_new_tokens=5)
     assert calls == [(5, 2, None)]  # the checkpoint's temperature: none given
+
+
+def test_credentials_are_found_by_type_not_by_a_list():
+    from pydantic import Field, SecretStr
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from ml_backend.settings import CREDENTIAL, credential_env_names, credential_fields
+
+    class Example(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="X_")
+        token: SecretStr | None = None
+        host: str | None = Field(None, json_schema_extra=CREDENTIAL)
+        workers: int = 2
+
+    assert credential_fields(Example) == {"token", "host"}
+    assert credential_env_names(Example) == {"X_TOKEN", "X_HOST"}
+    assert {"LABEL_STUDIO_API_KEY", "MDSVQA_WEBHOOK_SECRET", "MDSVQA_BASIC_AUTH_PASSWORD"} <= \
+        credential_env_names(Settings)

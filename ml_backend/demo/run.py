@@ -8,6 +8,7 @@ result headless and stops; otherwise both services run until Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MdsVqaError
+from ..labelstudio.config import parse_label_config
+from ..labelstudio.predictions import control_numbers
 from .pool import derive_pool
 from .processes import REPO, BackendService, LabelStudioService, start_backend, start_label_studio
 from .studio import Studio
@@ -71,13 +74,19 @@ def _label_config() -> str:
     return path.read_text()
 
 
+@functools.cache
+def _difficulty_control() -> str:
+    return parse_label_config(_label_config()).difficulty.name
+
+
+def _difficulty(prediction: dict) -> float | None:
+    control = _difficulty_control()
+    numbers = [n for n in control_numbers(prediction.get("result") or [], control) if isinstance(n, (int, float))]
+    return float(numbers[0]) if numbers else None
+
+
 def _good_prediction(task: dict) -> dict | None:
-    for prediction in task.get("predictions") or []:
-        for result in prediction.get("result") or []:
-            number = (result.get("value") or {}).get("number")
-            if isinstance(number, (int, float)):
-                return prediction
-    return None
+    return next((p for p in task.get("predictions") or [] if _difficulty(p) is not None), None)
 
 
 def _wait(condition, *, timeout: float, what: str, services: list, interval: float = 1.0):
@@ -215,7 +224,7 @@ def _print_queue(service: LabelStudioService, project: int, queue: list[dict], s
     print(f"  {'#':>3}  {'task':>5}  {'priority':>8}  {'difficulty':>10}  video", flush=True)
     for rank, task in enumerate(queue[:show], start=1):
         prediction = _good_prediction(task) or {}
-        number = next(((r.get("value") or {}).get("number") for r in prediction.get("result", [])), None)
+        number = _difficulty(prediction)
         name = str(task["data"].get("video", "")).rsplit("/", 1)[-1].split("-", 1)[-1]
         print(f"  {rank:>3}  {task['id']:>5}  {prediction.get('score', 0):>8.5f}  {number:>10.2f}  {name}", flush=True)
     print(flush=True)
@@ -228,7 +237,8 @@ def _check(studio: Studio, project: int, view: int, queue: list[dict]) -> None:
         raise DemoCheckFailed(f"model versions differ: project {details.get('model_version')!r}, "
                               f"predictions {sorted(map(str, versions))}")
     scores = [(_good_prediction(t) or {}).get("score") for t in queue]
-    if any(s is None for s in scores) or scores != sorted(scores, reverse=True):
+    given = [s for s in scores if s is not None]
+    if len(given) != len(scores) or given != sorted(given, reverse=True):
         raise DemoCheckFailed(f"the view is not ordered by priority: {scores[:10]}")
     if len(set(scores)) != len(scores):
         raise DemoCheckFailed("priorities are not distinct: the order would be ambiguous")

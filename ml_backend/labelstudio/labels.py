@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import TrainingDataError
 from .config import NumberControl, ProjectConfig
+from .predictions import control_numbers
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,7 @@ def annotation_mos(annotation: dict[str, Any], control: NumberControl) -> tuple[
     if annotation.get("was_cancelled"):
         return None, "skipped (cancelled) annotation"
     values = []
-    for result in annotation.get("result") or []:
-        if not isinstance(result, dict) or result.get("from_name") != control.name:
-            continue
-        if result.get("type") not in (None, "number"):
-            continue
-        value = result.get("value")
-        raw = value.get("number") if isinstance(value, dict) else None
+    for raw in control_numbers(annotation.get("result") or [], control.name):
         number = _number(raw)
         if number is None:
             return None, f"'{control.name}' holds no number ({raw!r:.40})"

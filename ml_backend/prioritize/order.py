@@ -24,10 +24,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..labelstudio.predictions import DIFFICULTY_MAX, DIFFICULTY_MIN
+
 PICK_FLOOR = 0.5  # picks are above it, the rest below
 LABELED_PRIORITY = 0.0
-DIFFICULTY_MIN = 1.0
-DIFFICULTY_MAX = 5.0
 _LEVELS = 401  # 1.00 ... 5.00 in hundredths
 _ID_SCALE = float(2**40)
 

@@ -35,14 +35,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from selection.result import SelectionStep
+
 from ..errors import MdsVqaError
 from ..labelstudio.client import LabelStudioApiError
 from ..labelstudio.config import ProjectConfig, parse_label_config
 from ..labelstudio.media import media_key
-from selection.result import SelectionStep
+from ..labelstudio.predictions import DIFFICULTY_MAX, DIFFICULTY_MIN, control_numbers
 from .features import FeatureRequest, FeatureSource, LoadedTaskFeatures
 from .labelstudio import SEQUENTIAL, PriorityApi, ProjectTask, TaskPrediction
-from .order import DIFFICULTY_MAX, DIFFICULTY_MIN, LABELED_PRIORITY, QueueEntry, default_budget, queue_order
+from .order import LABELED_PRIORITY, QueueEntry, default_budget, queue_order
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +145,11 @@ class PrioritySummary:
 
 def difficulty_of(prediction: TaskPrediction, config: ProjectConfig) -> tuple[float | None, str]:
     """The difficulty a prediction holds in the project's difficulty control, or why there is none."""
-    for item in prediction.result:
-        if not isinstance(item, dict) or item.get("from_name") != config.difficulty.name:
-            continue
-        value = item.get("value")
-        number = value.get("number") if isinstance(value, dict) else None
+    for number in control_numbers(prediction.result, config.difficulty.name)[:1]:
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            return None, f"the '{config.difficulty.name}' result holds no number: {str(value)[:80]}"
+            return None, f"the '{config.difficulty.name}' result holds no number: {str(number)[:80]}"
         if not DIFFICULTY_MIN <= number <= DIFFICULTY_MAX:
-            return None, f"difficulty {number:g} is outside [1, 5]"
+            return None, f"difficulty {number:g} is outside [{DIFFICULTY_MIN:g}, {DIFFICULTY_MAX:g}]"
         return float(number), ""
     return None, f"prediction {prediction.id} has no '{config.difficulty.name}' result"
 

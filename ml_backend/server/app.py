@@ -21,6 +21,7 @@ from ..labelstudio.config import LabelConfigError
 from ..settings import Settings
 from .auth import WEBHOOK_SECRET_HEADER
 from .service import BackendService, BadRequestError, ModelNotReadyError
+from .webhooks import START_TRAINING
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
     def train() -> Response:
         """Older Label Studio (training webhooks flag off) posts here; treat as START_TRAINING."""
         body = json_body()
-        event = {"action": "START_TRAINING", "project": body.get("project") if isinstance(body, dict) else None}
+        event = {"action": START_TRAINING, "project": body.get("project") if isinstance(body, dict) else None}
         reply = service.webhook(event)
         response = jsonify(reply.body)
         response.status_code = reply.status_code

@@ -15,12 +15,12 @@ from typing import Any
 from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.media import MediaResolver
+from ..labelstudio.predictions import build_prediction
 from ..settings import Settings
 from .actions import PUSH, post_prediction, push_payload
 from .backfill import enqueue_project
 from .metrics import BackendMetrics
 from .outbox import ActionKind, Outbox
-from .predictions import build_prediction
 from .queue import JobOutcome, ScoringQueue
 from .store import BackendStore, StoredOutcome
 

@@ -20,6 +20,7 @@ from ..errors import MdsVqaError
 from ..labelstudio.client import Connection, LabelStudioApi, choose_connection
 from ..labelstudio.config import ConfigCache, ProjectConfig
 from ..labelstudio.media import MediaResolver, media_key
+from ..labelstudio.predictions import build_prediction
 from ..prioritize.backend import BackendPriority
 from ..prioritize.features import FeatureRecorder
 from ..settings import Settings
@@ -28,8 +29,7 @@ from .auth import AccessPolicy
 from .backfill import enqueue_project
 from .metrics import BackendMetrics
 from .outbox import Outbox
-from .predictions import build_prediction
-from .queue import PRIORITY_INTERACTIVE, JobOutcome, MediaRequest, PushTarget, Scorer, ScoreJob, ScoringQueue
+from .queue import PRIORITY_INTERACTIVE, JobOutcome, MediaRequest, PushTarget, ScoreJob, Scorer, ScoringQueue
 from .store import BackendStore, StoredOutcome
 from .webhooks import TrainingHook, WebhookReply, handle_event
 

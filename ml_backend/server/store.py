@@ -20,6 +20,33 @@ from pathlib import Path
 from typing import Any
 
 ERROR_RETRY_S = 3600.0
+MAX_EVENTS = 100_000  # label events kept (oldest pruned); training markers are always kept
+_PRUNE_EVERY = 1000
+_KEPT_ACTIONS = ("START_TRAINING", "TRAINING_STARTED")
+
+
+def event_summary(payload: dict[str, Any]) -> dict[str, Any]:
+    """What an event row keeps of a webhook body: ids only.
+
+    Label Studio sends whole tasks and annotations (task data with media URLs, the
+    annotator's results); nothing here needs them, and keeping them would store every
+    label twice and every media URL (maybe presigned) in clear.
+    """
+    summary: dict[str, Any] = {}
+    for name in ("annotation", "task", "project"):
+        value = payload.get(name)
+        if isinstance(value, dict):
+            value = value.get("id")
+        if isinstance(value, (int, str)):
+            summary[name] = value
+    for name in ("annotations", "tasks"):
+        items = payload.get(name)
+        if isinstance(items, list):
+            summary[name] = [item.get("id") for item in items[:1000] if isinstance(item, dict)]
+    for name in ("job_id", "trigger"):
+        if isinstance(payload.get(name), str):
+            summary[name] = payload[name][:200]
+    return summary
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS media_scores (
@@ -70,6 +97,7 @@ class BackendStore:
         self._db.executescript(_SCHEMA)
         self._memory: OrderedDict[tuple[str, str], StoredOutcome] = OrderedDict()
         self._memory_items = memory_items
+        self.max_events = MAX_EVENTS
         self._projects: set[int] = {row[0] for row in self._db.execute("SELECT project_id FROM projects")}
 
     def close(self) -> None:
@@ -125,12 +153,19 @@ class BackendStore:
 
     # Webhook events (the training module reads these) ------------------------------------------
     def record_event(self, action: str, project_id: int | None, payload: dict[str, Any]) -> int:
+        """Keep one event (ids only: ``event_summary``); beyond MAX_EVENTS the oldest label events go."""
         with self._lock:
             cursor = self._db.execute(
                 "INSERT INTO webhook_events (project_id, action, received_at, payload) VALUES (?, ?, ?, ?)",
-                (project_id, action, time.time(), json.dumps(payload, default=str)),
+                (project_id, action, time.time(), json.dumps(event_summary(payload), default=str)),
             )
-            return int(cursor.lastrowid)
+            event_id = int(cursor.lastrowid or 0)
+            if event_id % _PRUNE_EVERY == 0:
+                marks = ",".join("?" * len(_KEPT_ACTIONS))
+                self._db.execute(
+                    f"DELETE FROM webhook_events WHERE id <= ? AND action NOT IN ({marks})",
+                    (event_id - self.max_events, *_KEPT_ACTIONS))
+            return event_id
 
     def last_event_id(self, project_id: int, action: str) -> int:
         """Id of the project's latest event of ``action`` (0 when there is none)."""

@@ -23,27 +23,26 @@ from typing import Any
 from ..errors import JobAlreadyRunningError, MdsVqaError
 from ..labelstudio.client import Connection
 from ..labelstudio.config import ProjectConfig
-from ..settings import Settings
+from ..settings import Settings, credential_env_names, credential_fields
 from ..training.jobs import JobManager, JobStatus, tail_lines  # noqa: F401 (re-exported)
 from .outbox import ActionKind, RetryLater
 from .outbox_state import ActionPolicy
 from .store import BackendStore
+from .webhooks import LABEL_ADDING_ACTIONS, START_TRAINING, TRAINING_STARTED
 
 log = logging.getLogger(__name__)
 
-START_TRAINING = "START_TRAINING"
-TRAINING_STARTED = "TRAINING_STARTED"  # marker in the event table: auto-train counts labels after it
-COUNTED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
-# Never handed to a job process: it needs only Label Studio's URL and token, which it gets explicitly.
-_SECRET_ENV = ("MDSVQA_BASIC_AUTH_USER", "MDSVQA_BASIC_AUTH_PASSWORD", "MDSVQA_WEBHOOK_SECRET",
-               "MDSVQA_LABEL_STUDIO_API_KEY", "MDSVQA_LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL")
-_NOT_FOR_JOBS = {"label_studio_url", "label_studio_api_key", "basic_auth_user", "basic_auth_password",
-                 "webhook_secret", "training"}
+COUNTED_ACTIONS = LABEL_ADDING_ACTIONS
 
 
 def job_settings(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The server's effective settings (command-line options included) for the job, secrets left out."""
-    top = settings.model_dump(mode="json", exclude=_NOT_FOR_JOBS)
+    """The server's effective settings (command-line options included) for the job, credentials left out.
+
+    Which fields are credentials is said by the settings themselves (``credential_fields``: typed
+    SecretStr, or marked as part of a credential); the job gets Label Studio's URL and token
+    explicitly, through its environment.
+    """
+    top = settings.model_dump(mode="json", exclude={*credential_fields(Settings), "training"})
     training = settings.training.model_dump(mode="json")
     if settings.training.source_labels is not None:
         training["source_labels"] = str(Path(settings.training.source_labels).expanduser().resolve())
@@ -120,7 +119,8 @@ class BackendTraining:
                                 f"{running.state}, {running.progress:.0%}: {running.message}); wait for it to "
                                 "finish; see GET /train/status", job_id=running.job_id)
         top, training = job_settings(self.settings)
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+        hidden = credential_env_names(Settings)
+        env = {k: v for k, v in os.environ.items() if k not in hidden}
         env["LABEL_STUDIO_URL"] = connection.url
         env["LABEL_STUDIO_API_KEY"] = connection.token
         params = {"project_id": project_id, "model_dir": str(Path(self.settings.model_dir).resolve()),

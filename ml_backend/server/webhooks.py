@@ -19,8 +19,10 @@ from .store import BackendStore
 log = logging.getLogger(__name__)
 
 START_TRAINING = "START_TRAINING"
-ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
-                                "ANNOTATIONS_DELETED"})
+TRAINING_STARTED = "TRAINING_STARTED"  # our own marker in the event table: auto-train counts labels after it
+# Label events that bring or change a label (auto-train counts them); deletions do not.
+LABEL_ADDING_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+ANNOTATION_ACTIONS = frozenset({*LABEL_ADDING_ACTIONS, "ANNOTATIONS_DELETED"})
 # Actions Label Studio 1.23 sends that carry nothing for us (acknowledged, not recorded).
 OTHER_KNOWN_ACTIONS = frozenset({
     "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "TASKS_CREATED", "TASKS_DELETED",

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..answers import SCORE_MAX, SCORE_MIN
 from ..errors import ConfigurationError, TrainingDataError
 from ..settings import Settings, TrainingSettings
 from .reporting import describe_metrics
@@ -224,7 +225,7 @@ def project_training_job(context, *, project_id: int, model_dir: str, settings: 
                     train_source = str(with_f_scores(Path(source_labels), job_dir / "source-difficulty.jsonl",
                                                      config, f_version)[0])
             outcome = run_training(train_labels, model_dir, settings=config, objective=objective, adapter="active",
-                                   mos_range=(1.0, 5.0), source_labels=train_source, activate=ts.promote,
+                                   mos_range=(SCORE_MIN, SCORE_MAX), source_labels=train_source, activate=ts.promote,
                                    progress=report, metadata=metadata)
             _free_memory()
             verdict = "promoted (active)" if outcome.activated else f"not promoted ({ts.promote})"

@@ -1,4 +1,8 @@
-"""Turning a difficulty into what Label Studio stores: pure functions, no I/O.
+"""The shape of a Number result in Label Studio, written and read here only: pure functions, no I/O.
+
+A prediction (ours) and an annotation (the annotators' MOS) hold a Number control's value
+the same way: ``{"from_name": <control>, "to_name": <video>, "type": "number",
+"value": {"number": <float>}}`` in the ``result`` list.
 
 Two numbers travel with each prediction and must not be confused (SPEC 7):
 the control value (the difficulty, 1-5, shown in the Number control) and the
@@ -9,12 +13,14 @@ labeling priority: hardest to judge first when sorted descending).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
-from ..labelstudio.config import ProjectConfig
+from ..answers import SCORE_MAX as DIFFICULTY_MAX
+from ..answers import SCORE_MIN as DIFFICULTY_MIN
+from .config import ProjectConfig
 
-DIFFICULTY_MIN = 1.0
-DIFFICULTY_MAX = 5.0
+__all__ = ["DIFFICULTY_MAX", "DIFFICULTY_MIN", "build_prediction", "control_numbers", "labeling_priority"]
 
 
 def labeling_priority(difficulty: float) -> float:
@@ -46,3 +52,20 @@ def build_prediction(difficulty: float, config: ProjectConfig, model_version: st
         "score": labeling_priority(difficulty),
         "model_version": model_version,
     }
+
+
+def control_numbers(results: Iterable[Any], control_name: str) -> list[Any]:
+    """The raw ``value.number`` of every result of the Number control ``control_name``, in order.
+
+    Values are returned as stored (maybe not numbers at all: callers say why they reject one);
+    results of other controls or of another type are skipped.
+    """
+    found = []
+    for result in results:
+        if not isinstance(result, dict) or result.get("from_name") != control_name:
+            continue
+        if result.get("type") not in (None, "number"):
+            continue
+        value = result.get("value")
+        found.append(value.get("number") if isinstance(value, dict) else None)
+    return found
