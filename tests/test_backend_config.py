@@ -90,3 +90,12 @@ def test_cache_parses_once_and_remembers_failures(monkeypatch):
         with pytest.raises(LabelConfigError):
             cache.get("<View/>")
     assert len(calls) == 2
+
+
+def test_task_media_is_checked_in_one_place():
+    config = parse_label_config((REPO / "label_config.xml").read_text())
+    assert config.media_ref({"video": "  /data/upload/1/a.mp4 "}) == ("/data/upload/1/a.mp4", "")
+    for data, why in (({}, "no 'video' field"), ({"video": ""}, "not a media URL"), ({"video": 5}, "not a media URL"),
+                      (None, "no 'video' field"), ({"video": "   "}, "not a media URL")):
+        ref, reason = config.media_ref(data)
+        assert ref is None and why in reason, (data, reason)

@@ -41,6 +41,18 @@ class ProjectConfig:
     difficulty: NumberControl
     mos: NumberControl | None  # annotators' MOS; needed for training, not for predictions
 
+    def media_ref(self, data: object) -> tuple[str | None, str]:
+        """The task's video reference (stripped), or None and why the task has none we can use.
+
+        The one check of task media every path makes (/predict, project passes, ordering, labels).
+        """
+        if not isinstance(data, dict) or self.video_field not in data:
+            return None, f"task has no '{self.video_field}' field in its data"
+        ref = data[self.video_field]
+        if not isinstance(ref, str) or not ref.strip():
+            return None, f"'{self.video_field}' in the task data is not a media URL"
+        return ref.strip(), ""
+
 
 def _float_or_none(value: str | None) -> float | None:
     try:

@@ -144,12 +144,12 @@ def collect_labels(tasks: Iterable[tuple[int, dict[str, Any], list[dict[str, Any
             if task_annotations:
                 collected.issues.append(LabelIssue(task_id, "no usable MOS: " + "; ".join(sorted(set(ignored)))))
             continue
-        ref = (data or {}).get(config.video_field)
-        if not isinstance(ref, str) or not ref.strip():
-            collected.issues.append(LabelIssue(task_id, f"task has no '{config.video_field}' media URL"))
+        ref, why = config.media_ref(data or {})
+        if ref is None:
+            collected.issues.append(LabelIssue(task_id, why))
             continue
         collected.ignored_annotations += len(ignored)
-        collected.tasks.append(TaskMos(int(task_id), ref.strip(), mos, votes))
+        collected.tasks.append(TaskMos(int(task_id), ref, mos, votes))
     if collected.tasks:
         collected.scale, collected.scale_source = mos_scale(control, [t.mos for t in collected.tasks])
     return collected

@@ -158,11 +158,11 @@ def _feature_requests(tasks: list[ProjectTask], config: ProjectConfig, client: P
                       missing: dict[int, str]) -> dict[int, FeatureRequest]:
     requests: dict[int, FeatureRequest] = {}
     for task in tasks:
-        ref = task.data.get(config.video_field)
-        if not isinstance(ref, str) or not ref.strip():
-            missing[task.id] = f"no '{config.video_field}' media URL in the task data"
+        ref, why = config.media_ref(task.data)
+        if ref is None:
+            missing[task.id] = why
             continue
-        requests[task.id] = FeatureRequest(media_key(ref.strip(), client.connection), ref.strip(), task.id)
+        requests[task.id] = FeatureRequest(media_key(ref, client.connection), ref, task.id)
     return requests
 
 

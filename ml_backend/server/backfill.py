@@ -37,16 +37,16 @@ def enqueue_project(api: LabelStudioApi, project_id: int, config: ProjectConfig,
                     queue: ScoringQueue, store: BackendStore) -> ProjectWork:
     work = ProjectWork()
     for task_id, data in api.tasks_lacking_prediction(project_id, model_version):
-        ref = data.get(config.video_field)
-        if not isinstance(ref, str) or not ref.strip():
-            work.unusable.append((task_id, f"task has no '{config.video_field}' media URL"))
+        ref, why = config.media_ref(data)
+        if ref is None:
+            work.unusable.append((task_id, why))
             continue
-        key = media_key(ref.strip(), api.connection)
+        key = media_key(ref, api.connection)
         stored = store.outcome(model_version, key)
         if stored is not None:
             work.done.append((task_id, stored))
             continue
-        job = queue.submit(MediaRequest(key, ref.strip(), task_id, api.connection), priority=PRIORITY_BACKFILL,
+        job = queue.submit(MediaRequest(key, ref, task_id, api.connection), priority=PRIORITY_BACKFILL,
                            model_version=model_version)
         if isinstance(job, StoredOutcome):
             work.done.append((task_id, job))

@@ -415,17 +415,12 @@ class BackendService:
 
         for position, task in enumerate(tasks):
             task_id = task.get("id") if isinstance(task, dict) else None
-            data = task.get("data") if isinstance(task, dict) else None
-            if not isinstance(data, dict) or config.video_field not in data:
-                errors.append({"task": task_id, "error": f"task has no '{config.video_field}' field in its data"})
+            ref, why = config.media_ref(task.get("data") if isinstance(task, dict) else None)
+            if ref is None:
+                errors.append({"task": task_id, "error": why})
                 counts["failed"] += 1
                 continue
-            ref = data[config.video_field]
-            if not isinstance(ref, str) or not ref.strip():
-                errors.append({"task": task_id, "error": f"'{config.video_field}' is not a media URL"})
-                counts["failed"] += 1
-                continue
-            key = media_key(ref.strip(), connection)
+            key = media_key(ref, connection)
             stored = self.store.outcome(version, key)
             if stored is not None:
                 self.metrics.cache.labels("hit").inc()
@@ -433,7 +428,7 @@ class BackendService:
                 continue
             self.metrics.cache.labels("miss").inc()
             job = self.queue.submit(
-                MediaRequest(key, ref.strip(), task_id if isinstance(task_id, int) else None, connection),
+                MediaRequest(key, ref, task_id if isinstance(task_id, int) else None, connection),
                 priority=max(PRIORITY_INTERACTIVE, len(tasks)), model_version=version,
             )
             if isinstance(job, StoredOutcome):
