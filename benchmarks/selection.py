@@ -1,16 +1,17 @@
 """Benchmark: fast exact greedy selection vs the per-pair reference.
 
 Synthetic clustered pools (``selection_data.py``: L2-normalised 512-d frames, 16 per
-video by default, ``--frames`` otherwise, difficulty uniform on [1, 5] with two decimals). Each configuration runs in its own
-subprocess so its peak resident memory is its own: VmHWM (which, unlike tracemalloc, sees torch's
+video by default, ``--frames`` otherwise, difficulty uniform on [1, 5] with two decimals).
+Each configuration runs in its own subprocess so its peak resident memory is its own:
+VmHWM (which, unlike tracemalloc, sees torch's
 allocations), reset after the pool is generated so the generator's scratch memory is not
 counted; the pool itself stays resident, is part of that peak and is reported separately
 ("data"). Where the reset is refused, the whole process's ru_maxrss is reported.
 
 The fast version is timed after a 3-video warm-up call (torch's first-call setup is a
-per-process cost, reported as warm_up_seconds in --json). The reference runs only where its estimated time (measured per-pair cost x pairs) is
-under ``--reference-limit``; otherwise the table says "skipped: would take ~X". Where both
-run, the picks are compared.
+per-process cost, reported as warm_up_seconds in --json). The reference runs only where
+its estimated time (measured per-pair cost x pairs) is under ``--reference-limit``;
+otherwise the table says "skipped: would take ~X". Where both run, the picks are compared.
 
     python benchmarks/selection.py            # N in {2000, 20000, 100000} x K in {64, 1000}
     python benchmarks/selection.py --quick    # N=2000 K=64 with the reference, N=20000 K=64
@@ -74,7 +75,6 @@ def worker(args: argparse.Namespace) -> None:
     """Run one configuration and print one JSON line."""
     sys.path[:0] = [str(ROOT), str(HERE)]
     import numpy as np
-
     from selection_data import synthetic_pool
 
     started = time.perf_counter()
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
           "dim 512)")
     print(f"options: lam={args.lam} device={args.device} store={args.store_dtype} prune={not args.no_prune} "
           f"difficulty={args.difficulty} frames/video={args.frames}")
-    header = f"{'N':>7} {'K':>5} | {'fast':>9} {'peak MB':>8} {'data MB':>8} | {'reference':>24} | {'speed-up':>8} | same picks"
+    header = (f"{'N':>7} {'K':>5} | {'fast':>9} {'peak MB':>8} {'data MB':>8} | {'reference':>24} | {'speed-up':>8} "
+              "| same picks")
     print(header)
     print("-" * len(header))
     records = []
@@ -226,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         data_mb = n * args.frames * 512 * 4 / 2**20
         need_mb = 1.5 * data_mb + 1024  # measured: peak ~ frames + a third (active copy, centres) + torch
         if not args.force and need_mb > _available_mb():
-            print(f"{n:>7} {k:>5} | skipped: its frames take {data_mb / 1024:.1f} GB (float32), ~{need_mb / 1024:.0f} GB "
-                  f"at peak, {_available_mb() / 1024:.1f} GB are available; --force runs it", flush=True)
+            print(f"{n:>7} {k:>5} | skipped: its frames take {data_mb / 1024:.1f} GB (float32), "
+                  f"~{need_mb / 1024:.0f} GB at peak, {_available_mb() / 1024:.1f} GB are available; --force runs it",
+                  flush=True)
             continue
         fast = _run_worker("fast", n, k, args)
         pairs = _pairs(n, k)

@@ -38,6 +38,8 @@ def reference_decode(path: Path, indices: list[int], height: int, width: int) ->
     kernel of ``F.interpolate``); its later ``.float()`` is left out on both sides.
     """
     import torch  # before decord (see ml_backend.video.decoding)
+
+    # isort: split
     import decord
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.functional import resize
@@ -113,7 +115,7 @@ def main() -> int:
         start = time.perf_counter()
         clip = make_1080p_clip(folder / "bigbuckbunny_1080p.mp4", args.seconds)
         print(f"made {clip.name} ({args.seconds:.0f} s, 1920x1080) in {time.perf_counter() - start:.1f} s\n")
-        paths = sorted(VIDEOS.glob("*.mp4")) + [clip]
+        paths = [*sorted(VIDEOS.glob("*.mp4")), clip]
         rows = [measure(path, args.repeats) for path in paths]
 
     header = (f"{'video':<26}{'source':>11}{'frames':>9}{'target':>10}{'ref ms':>9}{'exact ms':>10}{'x':>6}"
@@ -125,8 +127,9 @@ def main() -> int:
               f"{r['exact_ms']:>10.1f}{r['exact_x']:>5.2f}x{r['exact_mad']:>6.2f}"
               f"{r['decoder_ms']:>12.1f}{r['decoder_x']:>5.2f}x{r['decoder_mad']:>6.2f}")
     hd = rows[-1]
-    print(f"\n1080p: exact (default) {hd['exact_x']:.2f}x the reference path's speed with MAD {hd['exact_mad']:.2f}/255; "
-          f"decoder mode {hd['decoder_x']:.2f}x with MAD {hd['decoder_mad']:.2f}/255")
+    print(f"\n1080p: exact (default) {hd['exact_x']:.2f}x the reference path's speed "
+          f"with MAD {hd['exact_mad']:.2f}/255; decoder mode {hd['decoder_x']:.2f}x "
+          f"with MAD {hd['decoder_mad']:.2f}/255")
     return 0
 
 

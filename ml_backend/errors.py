@@ -44,4 +44,6 @@ class VersionError(MdsVqaError):
 
 
 class FeatureModelError(ModelNotFoundError):
-    """A frame-feature extractor (CLIP, SigLIP2) cannot be found or loaded; says what is missing and how to provide it."""
+    """A frame-feature extractor (CLIP, SigLIP2) cannot be found or loaded.
+
+    The message says what is missing and how to provide it."""

@@ -6,8 +6,17 @@
 """
 
 from .chamfer import chamfer_distance
-from .errors import (BudgetError, DifficultyError, DuplicateNameError, EmptyPoolError, FrameError, InitialSetError,
-                     InputFileError, LambdaError, SelectionError)
+from .errors import (
+    BudgetError,
+    DifficultyError,
+    DuplicateNameError,
+    EmptyPoolError,
+    FrameError,
+    InitialSetError,
+    InputFileError,
+    LambdaError,
+    SelectionError,
+)
 from .objective import TIE_TOLERANCE
 from .reference import reference_select
 from .result import SelectionResult, SelectionStep
@@ -21,6 +30,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BudgetError", "DifficultyError", "DuplicateNameError", "EmptyPoolError", "FrameError", "InitialSetError",
-           "InputFileError", "LambdaError", "SelectionError", "SelectionResult", "SelectionStep", "TIE_TOLERANCE",
-           "chamfer_distance", "reference_select", "select_greedy"]
+__all__ = [
+    "TIE_TOLERANCE",
+    "BudgetError",
+    "DifficultyError",
+    "DuplicateNameError",
+    "EmptyPoolError",
+    "FrameError",
+    "InitialSetError",
+    "InputFileError",
+    "LambdaError",
+    "SelectionError",
+    "SelectionResult",
+    "SelectionStep",
+    "chamfer_distance",
+    "reference_select",
+    "select_greedy",
+]

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,11 @@ EXTRACTOR_KEY = "extractor"
 UNRECORDED = "not recorded (file written before extractors were recorded)"
 
 
-def features_path(directory: str | Path, video_name: str) -> Path:
+def features_path(directory: str | Path, video_name: str | Path) -> Path:
     return Path(directory) / f"{Path(video_name).stem}{FEATURES_SUFFIX}"
 
 
-def save_features(directory: str | Path, video_name: str, frames: np.ndarray, *, extractor: str) -> Path:
+def save_features(directory: str | Path, video_name: str | Path, frames: np.ndarray, *, extractor: str) -> Path:
     """Write one video's (frames, dim) features as float32 with their extractor, atomically (temp file + rename)."""
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[0] == 0:
@@ -44,7 +45,8 @@ def save_features(directory: str | Path, video_name: str, frames: np.ndarray, *,
         raise ValueError(f"features of {video_name}: name the extractor that made them, got {extractor!r}")
     path = features_path(directory, video_name)
     with atomic_writer(path) as handle:
-        np.savez(handle, **{FEATURES_KEY: frames, EXTRACTOR_KEY: np.array(extractor)})
+        arrays: dict[str, Any] = {FEATURES_KEY: frames, EXTRACTOR_KEY: np.array(extractor)}  # Any: savez's **kwds
+        np.savez(handle, **arrays)
     return path
 
 

@@ -240,9 +240,11 @@ class _FastGreedy:
     def _add_distances_to_newest(self) -> None:
         """distance_sum += D(x, newest pick) for every up-to-date video, in one batched pass."""
         k = self.selected.count_videos()
+        ids: slice | np.ndarray
         if self.full_block is not None:
             block, ids, count = self.full_block, slice(None), self.pool.size
         else:
+            assert self.active is not None  # there is an active set until full mode
             block, ids = self.active.block(), self.active.ids
             count = len(ids)
             if count == 0:
@@ -282,6 +284,7 @@ class _FastGreedy:
 
     def _update_bounds(self, ids: np.ndarray, k: int) -> None:
         """Extend ``bound_missing`` of stale videos ``ids`` to the whole selected set."""
+        assert self.bounds is not None  # only pruning keeps bounds
         marks = self.bound_watermark[ids]
         behind_one = ids[marks == k - 1]
         if len(behind_one):  # the usual case: one matrix-vector product over a prefix of rows
@@ -301,6 +304,7 @@ class _FastGreedy:
 
     def _activate(self, ids: np.ndarray, k: int) -> None:
         """Bring ``ids`` up to date with the selected set and add them to the active set."""
+        assert self.active is not None  # there is an active set until full mode
         if self.active.frame_count + self.frame_lengths[ids].sum() > _FULL_MODE_FRACTION * self.store.shape[0]:
             self._enter_full_mode()
             return
@@ -312,6 +316,7 @@ class _FastGreedy:
 
     def _maybe_shrink_active(self, k: int, best: float) -> None:
         """Drop videos that fell out of reach once they fill half the active frames."""
+        assert self.active is not None  # there is an active set until full mode
         ids = self.active.ids
         if self.active.frame_count < _SHRINK_MIN_FRAMES:
             return

@@ -112,9 +112,9 @@ def pack_frames(frames, offsets=None) -> tuple[np.ndarray, np.ndarray]:
     if dtype not in (np.float32, np.float64):
         packed = packed.astype(np.float64 if np.dtype(dtype).itemsize > 4 else np.float32)
     packed = np.ascontiguousarray(packed)
-    bad_rows = [start + np.flatnonzero(~np.isfinite(packed[start : start + _CHECK_ROWS]).all(axis=1))
-                for start in range(0, packed.shape[0], _CHECK_ROWS)]  # chunked: no full-size mask
-    bad_rows = np.concatenate(bad_rows) if bad_rows else np.zeros(0, dtype=np.int64)
+    bad_chunks = [start + np.flatnonzero(~np.isfinite(packed[start : start + _CHECK_ROWS]).all(axis=1))
+                  for start in range(0, packed.shape[0], _CHECK_ROWS)]  # chunked: no full-size mask
+    bad_rows = np.concatenate(bad_chunks) if bad_chunks else np.zeros(0, dtype=np.int64)
     if len(bad_rows):
         bad_videos = np.unique(np.searchsorted(offsets_array, bad_rows, side="right") - 1)
         raise FrameError(f"frames hold NaN or infinite values in videos {_listed(bad_videos)}")

@@ -131,12 +131,14 @@ def _min_over_col_videos(d2: torch.Tensor, seg: _Segments, out: torch.Tensor) ->
 def _sum_over_row_videos(values: torch.Tensor, seg: _Segments) -> torch.Tensor:
     if seg.uniform_length is not None:
         return values.view(-1, seg.uniform_length, values.shape[1]).sum(dim=1)
+    assert seg.video_of_frame is not None  # set exactly when the block is ragged
     return values.new_zeros((len(seg.lengths), values.shape[1])).index_add_(0, seg.video_of_frame, values)
 
 
 def _sum_over_col_videos(values: torch.Tensor, seg: _Segments) -> torch.Tensor:
     if seg.uniform_length is not None:
         return values.view(values.shape[0], -1, seg.uniform_length).sum(dim=2)
+    assert seg.video_of_frame is not None  # set exactly when the block is ragged
     return values.new_zeros((values.shape[0], len(seg.lengths))).index_add_(1, seg.video_of_frame, values)
 
 

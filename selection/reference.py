@@ -63,5 +63,6 @@ def reference_select(difficulty, frames, budget: int, lam: float = 0.25, initial
 
     return SelectionResult(
         picks=np.array(picks, dtype=np.int64), objectives=np.array(objectives, dtype=np.float64),
-        difficulties=np.array(difficulties, dtype=np.float64), mean_distances=np.array(mean_distances, dtype=np.float64),
+        difficulties=np.array(difficulties, dtype=np.float64),
+        mean_distances=np.array(mean_distances, dtype=np.float64),
         lam=lam, requested_budget=budget, initial=pool.initial.copy(), distance_evaluations=evaluations)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import requests
 
-from ml_backend.demo.processes import (ManagedProcess, free_port, label_studio_binary,  # noqa: F401
-                                       label_studio_environment)
+from ml_backend.demo.processes import ManagedProcess, free_port, label_studio_binary, label_studio_environment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -40,8 +40,10 @@ def test_unparseable_tag_does_not_fall_back_to_text_outside_it():
 def test_allowed_answers_are_the_models_own_formats():
     answers = allowed_answers()
     assert len(answers) == len(set(answers)) == 5 + 41 + 401
-    assert {"<answer>2.0</answer>", "<answer>3</answer>", "<answer>4.25</answer>", "<answer>5.00</answer>"} <= set(answers)
-    assert not {"<answer>5.5</answer>", "<answer>0.5</answer>", "<answer>6</answer>", "<answer>2.345</answer>"} & set(answers)
+    assert {"<answer>2.0</answer>", "<answer>3</answer>", "<answer>4.25</answer>",
+            "<answer>5.00</answer>"} <= set(answers)
+    assert not {"<answer>5.5</answer>", "<answer>0.5</answer>", "<answer>6</answer>",
+                "<answer>2.345</answer>"} & set(answers)
     scores = [parse_score(a) for a in answers]
     assert min(scores) == 1.0 and max(scores) == 5.0
     assert clamp_score(9) == 5.0

@@ -22,7 +22,8 @@ def test_pooling_averages_each_temporal_patch_and_normalises():
 
 
 def test_store_writes_reference_layout_atomically(tmp_path):
-    target = write_features(tmp_path, "clip.final.mp4", np.ones((3, 4), dtype=np.float64), extractor="clip:RN101:openai")
+    target = write_features(tmp_path, "clip.final.mp4", np.ones((3, 4), dtype=np.float64),
+                            extractor="clip:RN101:openai")
     assert target == features_path(tmp_path, "a/clip.final.mp4") == tmp_path / "clip.final_features.npz"
     stored = np.load(target)["features"]
     assert stored.dtype == np.float32 and stored.shape == (3, 4)

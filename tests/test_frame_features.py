@@ -11,8 +11,10 @@ import json
 
 import numpy as np
 import pytest
-import torch  # noqa: F401 - before decord: decord2 dlopens every nvidia/*/lib/*.so (libnvblas too) RTLD_GLOBAL,
+
+# torch before decord: decord2 dlopens every nvidia/*/lib/*.so (libnvblas too) RTLD_GLOBAL,
 # and torch's matrix products then crash (segfault) if torch is loaded after it
+import torch
 
 from ml_backend.cli import main
 from ml_backend.errors import FeatureModelError
@@ -57,7 +59,7 @@ def _reference_preprocess(frame: np.ndarray, size: int = 224) -> np.ndarray:
     else:
         new_w, new_h = int(size * width / height), size
     image = image.resize((new_w, new_h), Image.BICUBIC)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
     image = image.crop((left, top, left + size, top + size)).convert("RGB")
     array = np.asarray(image, dtype=np.float32) / np.float32(255)
     array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
@@ -214,7 +216,7 @@ def test_missing_clip_weights_offline_name_them():
     for needed in ("RN101", "'openai'", "offline", "MDSVQA_FEATURES_CLIP_CHECKPOINT", "RN101.pt",
                    "timm/resnet101_clip.openai"):
         assert needed in message, needed
-    with pytest.raises(FeatureModelError, match="MDSVQA_FEATURES_CLIP_CHECKPOINT=/no/RN101.pt: no such file"):
+    with pytest.raises(FeatureModelError, match=r"MDSVQA_FEATURES_CLIP_CHECKPOINT=/no/RN101\.pt: no such file"):
         load_frame_encoder(Settings(offline=True, device="cpu",
                                     features=FeatureSettings(clip_checkpoint="/no/RN101.pt")))
 

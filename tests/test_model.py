@@ -61,7 +61,7 @@ def test_missing_local_base_names_path_and_remedies(settings_factory, tmp_path):
 
 
 def test_folder_without_adapter_config_is_refused(settings_factory, tiny_model):
-    with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"adapter_config\.json"):
         resolve_model(settings_factory(adapter=str(tiny_model[0])))
 
 

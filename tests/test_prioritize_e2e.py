@@ -9,6 +9,7 @@ from what Label Studio and the backend's feature store hold, with the reference 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def ordered(label_studio, backend, project, lam=LAMBDA, budget=1):
     if view_order(label_studio, project["id"], view["id"]) != expected:
         return None
     scores = [tasks[t]["predictions"][0][1] for t in expected]
-    if not all(a > b for a, b in zip(scores, scores[1:])) or scores[0] != 1.0:
+    if not all(a > b for a, b in itertools.pairwise(scores)) or scores[0] != 1.0:
         return None
     return {"tasks": tasks, "expected": expected, "view": view}
 

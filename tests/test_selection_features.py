@@ -56,7 +56,7 @@ def test_load_good_and_bad_files_reports_each_problem(tmp_path):
 
 
 def test_duplicate_stems_are_refused(tmp_path):
-    with pytest.raises(DuplicateNameError, match="a: a.mp4, clips/a.mkv"):
+    with pytest.raises(DuplicateNameError, match=r"a: a\.mp4, clips/a\.mkv"):
         load_features(tmp_path, ["a.mp4", "b.mp4", "clips/a.mkv"])
 
 
@@ -112,7 +112,7 @@ def test_read_name_list(tmp_path):
     path.write_text('["b.mp4", "a.mp4"]')
     assert read_name_list(path) == ["b.mp4", "a.mp4"]
     path.write_text('["a.mp4", "a.mp4"]')
-    with pytest.raises(DuplicateNameError, match="a.mp4"):
+    with pytest.raises(DuplicateNameError, match=r"a\.mp4"):
         read_name_list(path)
     path.write_text('{"a.mp4": 1}')
     with pytest.raises(InputFileError, match="JSON list"):

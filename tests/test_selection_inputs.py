@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selection.errors import (BudgetError, DifficultyError, EmptyPoolError, FrameError, InitialSetError, LambdaError,
-                              SelectionError)
+from selection.errors import (
+    BudgetError,
+    DifficultyError,
+    EmptyPoolError,
+    FrameError,
+    InitialSetError,
+    LambdaError,
+    SelectionError,
+)
 from selection.greedy import select_greedy
 from selection.reference import reference_select
 

@@ -11,6 +11,7 @@ The tests of this module run in order and share one backend, one project and one
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -71,10 +72,8 @@ def _kill_leftover_jobs(model_dir: Path) -> None:
     for status_file in (model_dir / "jobs").glob("job-*/status.json"):
         status = json.loads(status_file.read_text())
         if status.get("state") in ("queued", "running") and status.get("pid"):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(status["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")

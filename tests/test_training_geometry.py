@@ -81,7 +81,7 @@ def test_accumulated_micro_batches_equal_the_mean_over_devices(tiny_model_dir, m
         rollouts, advantages, *_ = L._rollouts(scripted, micro, settings.training, "quality", "quality", 1,
                                                random.Random(0))
         micro_loss = 0.0
-        for (example, prompt, completions), adv in zip(rollouts, advantages):
+        for (_example, prompt, completions), adv in zip(rollouts, advantages):
             logp = policy.token_logprobs(prompt, completions)
             loss, _ = L.policy_gradient_loss(logp, torch.as_tensor(adv, dtype=torch.float32), completions.mask)
             micro_loss = micro_loss + loss

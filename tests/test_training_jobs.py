@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +80,7 @@ def test_failing_target_reports_the_error_and_logs_the_traceback(jobs):
     done = jobs.wait(job.job_id, timeout=60)
     assert done.state == "failed" and not done.stale
     assert done.error == "ValueError: boom at step 3"
-    log = open(done.log_path).read()
+    log = Path(done.log_path).read_text()
     assert "Traceback" in log and "boom at step 3" in log
     assert not _files.is_locked(jobs.lock_path)
 

@@ -22,8 +22,9 @@ from ml_backend.training.versions import VersionStore
 
 from .training_helpers import SHARED_VIDEOS
 
-TRAINING = dict(f_max_new_tokens=8, f_unparsed="constrained", max_frames=4, frame_side=56, max_new_tokens=8, group_size=2, videos_per_step=3, max_steps=1,
-                learning_rate=1e-3, min_train_labels=2, min_held_out_labels=3, held_out_fraction=0.5)
+TRAINING = dict(f_max_new_tokens=8, f_unparsed="constrained", max_frames=4, frame_side=56, max_new_tokens=8,
+                group_size=2, videos_per_step=3, max_steps=1, learning_rate=1e-3, min_train_labels=2,
+                min_held_out_labels=3, held_out_fraction=0.5)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,7 +143,7 @@ def test_training_as_a_job_process(tiny_model_dir, labels, tmp_path):
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    assert done.state == "succeeded", open(done.log_path).read()[-3000:]
+    assert done.state == "succeeded", Path(done.log_path).read_text()[-3000:]
     version_id = done.result["version_id"]
     assert VersionStore(tmp_path / "models").active("quality").id == version_id
     assert done.result["activated"] is True and done.result["steps"] == 1 and done.progress == 1.0

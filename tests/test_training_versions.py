@@ -45,27 +45,23 @@ def test_draft_publishes_a_complete_version_with_metadata(store, tmp_path):
 
 
 def test_failed_draft_leaves_nothing(store):
-    with pytest.raises(RuntimeError):
-        with store.draft("difficulty") as draft:
-            fake_adapter(draft.adapter_dir)
-            raise RuntimeError("training blew up")
+    with pytest.raises(RuntimeError), store.draft("difficulty") as draft:
+        fake_adapter(draft.adapter_dir)
+        raise RuntimeError("training blew up")
     assert store.list() == [] and store.leftovers() == []
 
 
 def test_draft_without_adapter_is_refused(store):
-    with pytest.raises(VersionError, match="no adapter"):
-        with store.draft("quality"):
-            pass
+    with pytest.raises(VersionError, match="no adapter"), store.draft("quality"):
+        pass
     assert store.list() == []
 
 
 def test_parent_must_exist_and_kinds_are_checked(store, tmp_path):
-    with pytest.raises(VersionError):
-        with store.draft("quality", parent="quality-20250101-000000-abcdef"):
-            pass
-    with pytest.raises(VersionError):
-        with store.draft("loudness"):  # type: ignore[arg-type]
-            pass
+    with pytest.raises(VersionError), store.draft("quality", parent="quality-20250101-000000-abcdef"):
+        pass
+    with pytest.raises(VersionError), store.draft("loudness"):  # type: ignore[arg-type]
+        pass
 
 
 def test_list_filters_by_kind_and_orders_by_creation(store, tmp_path):
@@ -134,7 +130,7 @@ def test_invalid_folders_are_ignored_and_only_reported(store, tmp_path):
     broken.mkdir()
     (broken / "metadata.json").write_text("{not json")
     assert store.list() == []
-    assert [l.path for l in store.leftovers()] == [broken]
+    assert [leftover.path for leftover in store.leftovers()] == [broken]
     assert store.clean_leftovers() == [] and broken.exists()  # maybe hand-made: not deleted by default
     assert len(store.clean_leftovers(include_invalid=True)) == 1 and not broken.exists()
 
@@ -174,7 +170,7 @@ def test_writer_killed_mid_write_leaves_an_invisible_cleanable_leftover(store, t
             proc.wait()
     assert [v.id for v in store.list()] == [old.id]  # the half-written version never became visible
     assert store.active("quality").id == old.id
-    reasons = {l.path: l.reason for l in store.leftovers()}
+    reasons = {leftover.path: leftover.reason for leftover in store.leftovers()}
     assert staging in reasons and "died" in reasons[staging]
     store.clean_leftovers()
     assert not staging.exists() and store.leftovers() == []
@@ -223,6 +219,6 @@ def test_stray_pointer_temp_file_is_ignored(store, tmp_path):
     stray = store.active_dir / ".tmp-quality.json.xyz"
     stray.write_text('{"version": "quality-2025')  # torn write of a crashed process
     assert store.active("quality").id == a.id
-    assert [l.path for l in store.leftovers()] == [stray]
+    assert [leftover.path for leftover in store.leftovers()] == [stray]
     store.clean_leftovers()
     assert not stray.exists()

@@ -6,8 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_backend.video.patches import video_patches, video_token_count
-from ml_backend.video.sampling import (frame_count, frame_indices, frame_max_pixels, plan_sampling,
-                                       smart_resize, training_plan)
+from ml_backend.video.sampling import (
+    frame_count,
+    frame_indices,
+    frame_max_pixels,
+    plan_sampling,
+    smart_resize,
+    training_plan,
+)
 
 
 def test_spec_example_20s_1080p_gives_40_frames_at_560x1008():

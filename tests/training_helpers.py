@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conditions import wait_for  # noqa: F401  (re-exported)
+from tests.media import VIDEOS as SHARED_VIDEOS  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-from tests.conditions import wait_for  # noqa: F401  (re-exported)
-from tests.media import VIDEOS as SHARED_VIDEOS  # noqa: E402,F401
 
 
 def child_env() -> dict[str, str]:

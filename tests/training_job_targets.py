@@ -31,7 +31,8 @@ def backend_probe(context, *, project_id: int, model_dir: str, settings: dict, t
     token = os.environ.get("LABEL_STUDIO_API_KEY", "")
     probe = {"project_id": project_id, "trigger": trigger, "url": os.environ.get("LABEL_STUDIO_URL"),
              "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
-             "secret_env": sorted(k for k in os.environ if k in ("MDSVQA_BASIC_AUTH_PASSWORD", "MDSVQA_WEBHOOK_SECRET")),
+             "secret_env": sorted(k for k in os.environ
+                                  if k in ("MDSVQA_BASIC_AUTH_PASSWORD", "MDSVQA_WEBHOOK_SECRET")),
              "settings_keys": sorted(settings), "objectives": training.get("objectives")}
     Path(model_dir, f"probe-{context.job_id}.json").write_text(json.dumps(probe))
     context.progress(0.4, "probing", force=True)

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    import numpy as np
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +47,8 @@ def add_extractor_arguments(parser) -> None:
     parser.add_argument("--clip-pretrained", metavar="TAG",
                         help="open_clip weights tag (MDSVQA_FEATURES_CLIP_PRETRAINED, default openai).")
     parser.add_argument("--clip-checkpoint", metavar="FILE",
-                        help="Local file with the CLIP weights, e.g. OpenAI's RN101.pt (MDSVQA_FEATURES_CLIP_CHECKPOINT).")
+                        help="Local file with the CLIP weights, e.g. OpenAI's RN101.pt "
+                        "(MDSVQA_FEATURES_CLIP_CHECKPOINT).")
     parser.add_argument("--clip-weights", help=argparse.SUPPRESS)  # older spelling: a tag, or a local file
     parser.add_argument("--siglip2-path", metavar="DIR",
                         help="Local folder with the SigLIP2 model (MDSVQA_FEATURES_SIGLIP2_PATH).")
@@ -86,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     failures = [f"{folder}: {reason}" for folder, reason in problems]
     todo = [p for p in videos if not (args.skip_existing and features_path(out, p).exists())]
 
+    prepare: Callable[[Path], Any]  # a decoded video, or (frame encoders) its features, embedded while decoding
+    embed: Callable[[list[Any]], Sequence[np.ndarray]]
     if settings.features.extractor == "vision":
         from ..features.vision import VisionFeatureExtractor
         from ..model.loading import shared_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 # The keys of every written file, in this order (docs: README "Inspecting model inputs").
 INPUT_KEYS = ("prompt_text", "frames", "frame_indices", "pixel_values_videos", "video_grid_thw",
@@ -23,7 +24,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="Folder for the .npz files.")
     parser.add_argument("--prompt", choices=["difficulty", "quality"], default="difficulty",
                         help="Which prompt to render: g's difficulty prompt (default) or f's quality prompt.")
-    parser.add_argument("--base", help="Base model (hub id or folder) whose processor renders the prompt (MDSVQA_BASE).")
+    parser.add_argument("--base",
+                        help="Base model (hub id or folder) whose processor renders the prompt (MDSVQA_BASE).")
     parser.add_argument("--adapter", help="Accepted for symmetry with score; adapters do not change the input.")
     parser.set_defaults(run=run)
 
@@ -76,4 +78,5 @@ def write_inputs(path, arrays: dict) -> None:
     if missing:
         raise ValueError(f"input keys differ from {INPUT_KEYS}: {sorted(missing)}")
     with atomic_writer(path) as handle:
-        np.savez(handle, **{key: np.asarray(arrays[key]) for key in INPUT_KEYS})
+        contents: dict[str, Any] = {key: np.asarray(arrays[key]) for key in INPUT_KEYS}  # Any: savez's **kwds
+        np.savez(handle, **contents)

@@ -76,10 +76,10 @@ def _project_data(args: argparse.Namespace):
     from pathlib import PurePosixPath
     from urllib.parse import urlparse
 
+    from ..prioritize.run import prioritize_project
     from ..report.data import PickRow, ReportData
     from ..settings import load_settings
     from .prioritize import open_project, with_extractor
-    from ..prioritize.run import prioritize_project
 
     settings = with_extractor(load_settings(label_studio_url=args.url, label_studio_api_key=args.token,
                                             base=args.base, adapter=args.adapter, cache_dir=args.cache_dir),
@@ -121,8 +121,9 @@ def _file_data(args: argparse.Namespace):
     from ..scoring.results import read_scores, valid_score
 
     scores = read_scores(args.scores)
-    difficulty = {n: valid_score(e) for n, e in scores.items() if valid_score(e) is not None}
-    failed = {n: e.get("error", "no score") for n, e in scores.items() if valid_score(e) is None}
+    valid = {n: valid_score(e) for n, e in scores.items()}
+    difficulty = {n: score for n, score in valid.items() if score is not None}
+    failed = {n: e.get("error", "no score") for n, e in scores.items() if valid[n] is None}
     labeled = json.loads(Path(args.labeled).read_text()) if args.labeled else []
     data = ReportData(title=args.title, difficulty=difficulty, failed=failed, embeddings={}, labeled=labeled)
     if any("warning" in e for e in scores.values()):
@@ -149,7 +150,6 @@ def _file_data(args: argparse.Namespace):
         import numpy as np
 
         from selection import select_greedy
-
         from selection.lambdas import resolve_lambda
 
         names = sorted(data.embeddings)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
 
 
 def add_parser(subparsers) -> None:
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     for folder, reason in listing_problems:
         scores[str(folder)] = {"reasoning": "N/A", "score": None, "error": f"{folder}: {reason}"}
-    todo, seen = [], {}
+    todo: list[Path] = []
+    seen: dict[str, Path] = {}
     for path in videos:
         if path.name in seen:
             scores[str(path)] = {"reasoning": "N/A", "score": None,
@@ -84,8 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
             load_frame_encoder(settings)  # missing weights: a clear error now, not after the scoring
         identity = extractor_identity(settings, scorer.spec)
-        scorer.feature_sink = lambda path, embedding: write_features(args.features, path, embedding,
-                                                                     extractor=identity)
+
+        def feature_sink(path: Path, embedding: np.ndarray) -> None:
+            write_features(args.features, path, embedding, extractor=identity)
+
+        scorer.feature_sink = feature_sink
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     last_write = time.monotonic()
@@ -129,9 +139,8 @@ def _complete_features(scorer, paths, directory, identity: str) -> None:
     if not missing:
         return
     if scorer.settings.features.extractor != "vision":
-        from ..features.frames import embed_video_frames
-
         from ..errors import MdsVqaError
+        from ..features.frames import embed_video_frames
 
         for path in missing:
             try:

@@ -48,10 +48,12 @@ def add_parser(subparsers) -> None:
                         "(exact greedy on rounded features); default float32.")
     parser.add_argument("--mos", metavar="LABELS.jsonl",
                         help='With --baseline: labels {"video", "mos"} for the reference\'s diagnostic, the quality '
-                        "model's SRCC/PLCC on the whole labeled pool and on the picks (lower on the picks: they are hard).")
+                        "model's SRCC/PLCC on the whole labeled pool and on the picks (lower on the picks: they are "
+                        "hard).")
     parser.add_argument("--baseline", metavar="SCORES.json",
                         help="The quality model f's scores of the pool (reference JSON) for the diagnostic.")
-    parser.add_argument("--out", required=True, metavar="FILE", help="Picks, a JSON list of names (written atomically).")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="Picks, a JSON list of names (written atomically).")
     parser.add_argument("--details", metavar="FILE",
                         help="Also write per step: name, objective, difficulty, mean_distance (JSON).")
     parser.set_defaults(run=run)

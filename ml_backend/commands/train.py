@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     training = {
         "max_steps": args.max_steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
         "group_size": args.group_size, "videos_per_step": args.videos_per_step,

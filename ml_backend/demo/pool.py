@@ -38,7 +38,7 @@ def _write(path: Path, frames: list[np.ndarray], rate: float, *, crf: int = 23) 
 
     height, width = _even(frames[0].shape[0]), _even(frames[0].shape[1])
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(rate)), options={"crf": str(crf), "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=round(rate), options={"crf": str(crf), "preset": "veryfast"})
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
         for pixels in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[:height, :width]), format="rgb24")
@@ -54,7 +54,7 @@ def _resize(frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
 
     height, width = frames[0].shape[:2]
     size = (_even(width * scale), _even(height * scale))
-    return [np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames]
+    return [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames]
 
 
 def _blur(frames: list[np.ndarray], radius: float = 2.5) -> list[np.ndarray]:

@@ -55,7 +55,7 @@ class ManagedProcess:
         while True:
             try:
                 value = condition()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a condition that raises is not met yet
                 value = None
             if value:
                 return value

@@ -92,11 +92,12 @@ def _cached_weights(cfg: dict) -> tuple[Path | None, list[str]]:
         try:
             from huggingface_hub import hf_hub_download
             from huggingface_hub.errors import LocalEntryNotFoundError
+            have_hub = True
         except ImportError:  # pragma: no cover - a dependency of transformers
-            hf_hub_download = None
+            have_hub = False
         for name in names:
             looked.append(f"Hugging Face cache: {repo}/{name}")
-            if hf_hub_download is None:
+            if not have_hub:
                 continue
             try:
                 return Path(hf_hub_download(repo, name, local_files_only=True)), looked
@@ -137,7 +138,7 @@ def _find_weights(open_clip, model_name: str, pretrained: str, offline: bool) ->
 
     try:
         return Path(download_pretrained(cfg))
-    except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
+    except Exception as exc:  # any download failure means the same thing to the user
         raise _missing(model_name, pretrained, cfg, looked, f"download failed ({type(exc).__name__}: {exc})") from exc
 
 
@@ -157,8 +158,9 @@ def _load_weights(open_clip, model, path: Path) -> None:
             model.load_state_dict(state, strict=True)
         else:
             open_clip.load_checkpoint(model, str(path), strict=True)
-    except Exception as exc:  # noqa: BLE001 - wrong architecture, truncated file, ...
-        raise FeatureModelError(f"cannot load CLIP weights from {path}: {type(exc).__name__}: {str(exc)[:500]}") from exc
+    except Exception as exc:  # wrong architecture, truncated file, ...
+        why = f"{type(exc).__name__}: {str(exc)[:500]}"
+        raise FeatureModelError(f"cannot load CLIP weights from {path}: {why}") from exc
 
 
 class ClipFrameEncoder:

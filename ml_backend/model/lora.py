@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 LORA_RANK = 64
 LORA_ALPHA = 128
 LORA_DROPOUT = 0.05
@@ -9,10 +11,10 @@ LORA_DROPOUT = 0.05
 LORA_TARGET_MODULES = r"^(?!.*visual).*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|lm_head)$"
 
 
-def lora_config(**overrides):
+def lora_config(**overrides: Any):
     from peft import LoraConfig
 
-    params = dict(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                  target_modules=LORA_TARGET_MODULES, bias="none", task_type="CAUSAL_LM")
+    params: dict[str, Any] = dict(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
+                                  target_modules=LORA_TARGET_MODULES, bias="none", task_type="CAUSAL_LM")
     params.update(overrides)
     return LoraConfig(**params)

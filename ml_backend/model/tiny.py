@@ -37,7 +37,7 @@ def _corpus() -> list[str]:
 def build_tokenizer():
     """A small byte-level BPE tokenizer with Qwen's special tokens (digits split one by one, as in Qwen2)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2Tokenizer  # in transformers 5 Qwen2TokenizerFast is this class
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.Sequence([
@@ -48,8 +48,9 @@ def build_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(_corpus(), trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token=None, bos_token=None)
+    tokenizer = Qwen2Tokenizer(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                               unk_token=None,  # type: ignore[arg-type]  # annotated str; None (no unk) works
+                               bos_token=None)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tokenizer.chat_template = chat_template()
     return tokenizer
@@ -59,8 +60,14 @@ def write_tiny_model(directory: str | Path, *, seed: int = 0) -> tuple[Path, Pat
     """Write ``directory/base`` (model + processor) and ``directory/adapter``; return both paths."""
     import torch
     from peft import get_peft_model
-    from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     directory = Path(directory)
     base_dir, adapter_dir = directory / "base", directory / "adapter"
@@ -69,19 +76,23 @@ def write_tiny_model(directory: str | Path, *, seed: int = 0) -> tuple[Path, Pat
     vocab = ((len(tokenizer) + 63) // 64) * 64
 
     config = Qwen2_5_VLConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1_000_000.0,
-        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, tie_word_embeddings=False,
+        text_config={
+            "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+            "rope_theta": 1_000_000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        tie_word_embeddings=False,
         vision_config={
             "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
             "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
             "fullatt_block_indexes": [1], "tokens_per_second": 2, "in_chans": 3,
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        vision_token_id=ids["<|vision_pad|>"], bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], dtype="float32",
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], dtype="float32",
     )
+    config.vision_token_id = ids["<|vision_pad|>"]  # not an argument in transformers 5; the real config.json has it
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(

@@ -21,6 +21,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -42,7 +43,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the ml
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class JobStatus:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "JobStatus":
+    def from_json(cls, data: dict[str, Any]) -> JobStatus:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -233,7 +234,7 @@ class JobManager:
             previous = self.latest_id()
             if previous is not None:
                 self._mark_stale(previous)  # we hold the lock, so nothing of it can still be running
-            job_id = f"job-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+            job_id = f"job-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
             job_dir = self.job_dir(job_id)
             job_dir.mkdir(parents=True)
             log_path = job_dir / "log.txt"
@@ -286,8 +287,6 @@ class JobManager:
             raise JobError("no running job to cancel")
         if status.pid is None:
             raise JobError(f"job {status.job_id} has not started yet; try again in a moment")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(status.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         return status

@@ -209,7 +209,12 @@ def _step(policy, optimizer, params, micros: list[list[TrainExample]], settings:
     """
     started = time.monotonic()
     optimizer.zero_grad(set_to_none=True)
-    losses, kls, rewards, formats, parsed, videos, used = [], [], [], [], [], 0, 0
+    losses: list[float] = []
+    kls: list[float] = []
+    rewards: list[float] = []
+    formats: list[float] = []
+    parsed: list[bool] = []
+    videos = used = 0
     for micro in micros:  # one micro-batch's rollouts in memory at a time
         scored = _rollouts(policy, micro, settings, objective, task, step, rng)
         if scored is None:

@@ -18,12 +18,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import TrainingDataError
+from ..prompts import Task
 from ..scoring.generation import TOP_K, TOP_P
 from ..settings import Settings, TrainingSettings, load_settings
 from .data import LabelRow, LabelSet, data_hash, load_labels, split_labels
 from .evaluation import evaluate
 from .rewards import normalize_mos
-from .versions import VersionStore, looks_like_version_id
+from .versions import KINDS, Kind, VersionStore, looks_like_version_id
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, Any] | N
     """The reference's SRCC/PLCC over the videos that got a prediction (``None`` metrics with a reason)."""
     ok = np.isfinite(predictions) & np.isfinite(targets)
     result = evaluate(predictions[ok], targets[ok]).to_json()
-    result["total"] = int(len(predictions))
+    result["total"] = len(predictions)
     return result
 
 
@@ -110,7 +111,7 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
     settings = settings or load_settings()
     ts = settings.training
     objective = objective or ts.objective
-    if objective not in ("quality", "difficulty"):
+    if objective not in KINDS:  # a version's kind is the objective it was trained for
         raise TrainingDataError(f"unknown objective {objective!r}: use quality or difficulty")
     report = progress or (lambda fraction, message: None)
     store = VersionStore(model_dir)
@@ -157,7 +158,7 @@ def run_training(labels: str | os.PathLike | LabelSet, model_dir: str | os.PathL
 
     def held_out_metrics(stage: str) -> dict[str, Any] | None:
         videos = [r.video for r in split.held_out]
-        task = "quality" if objective == "quality" else "difficulty"
+        task: Task = "quality" if objective == "quality" else "difficulty"
         budget = ts.f_max_new_tokens if task == "quality" else ts.max_new_tokens
         predictions = policy.predict(videos, task, samples=ts.eval_samples, max_new_tokens=budget)
         if objective == "quality":
@@ -240,11 +241,11 @@ def training_protocol(ts: TrainingSettings, objective: str, *, source: int, trai
     }
 
 
-def _resolve_start(store: VersionStore, objective: str, adapter: str | None, settings: Settings
+def _resolve_start(store: VersionStore, objective: Kind, adapter: str | None, settings: Settings
                    ) -> tuple[str | None, str | None]:
     """(parent version id, adapter to load) for the ``adapter`` argument of :func:`run_training`."""
     if adapter == "active":
-        active = store.active(objective)  # type: ignore[arg-type]
+        active = store.active(objective)
         adapter = active.id if active is not None else "stock"
     if adapter in (None, "stock"):
         return None, (settings.adapter if objective == "difficulty" else None)
@@ -276,8 +277,12 @@ def training_job(context, *, labels: str, model_dir: str, settings: dict[str, An
                  mos_range: list[float] | None = None, source_labels: str | None = None,
                  activate: Activation = "if-better") -> dict[str, Any]:
     """Job target (see :mod:`ml_backend.training.jobs`): JSON parameters in, JSON result out."""
+    low_high = None
+    if mos_range:
+        low, high = mos_range  # JSON has lists; a range is two numbers
+        low_high = (low, high)
     outcome = run_training(labels, model_dir, settings=make_settings(settings, training), objective=objective,
-                           adapter=adapter, mos_range=tuple(mos_range) if mos_range else None,
+                           adapter=adapter, mos_range=low_high,
                            source_labels=source_labels, activate=activate,
                            progress=lambda fraction, message: context.progress(fraction, message))
     return outcome.to_json()

@@ -15,23 +15,26 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import ModelNotFoundError, VideoError
-from ..model.loading import TINY_WARNING, Runtime, patch_layout, choose_runtime
+from ..model.loading import TINY_WARNING, Runtime, choose_runtime, patch_layout
 from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
 from ..prompts import Task
-from ..settings import Settings, VideoSettings
-from ..video.decoding import decode_video
-from ..video.sampling import training_plan
 from ..scoring.generation import TOP_K, TOP_P, reference_sampling
 from ..scoring.inputs import PromptEncoder
+from ..settings import Settings, VideoSettings
+from ..video.decoding import decode_video
 from ..video.patches import PatchLayout, video_patches
+from ..video.sampling import training_plan
 from .rewards import parse_scores
+
+if TYPE_CHECKING:
+    from ..scoring.constraint import AnswerTrie
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +82,12 @@ class Policy:
         eos = generation.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         self.pad_id = int(generation.pad_token_id if generation.pad_token_id is not None else self.eos_ids[0])
-        self._trie = None  # the answer trie of constrained_score, built on first use
+        self._trie: AnswerTrie | None = None  # the answer trie of constrained_score, built on first use
 
     # --- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, settings: Settings, adapter: str | None) -> "Policy":
+    def load(cls, settings: Settings, adapter: str | None) -> Policy:
         """Base ``settings.base`` plus a trainable adapter: ``adapter`` (a folder or hub id) or a fresh LoRA.
 
         Only LoRA weights require gradients; the vision tower carries no LoRA at all
@@ -105,7 +108,7 @@ class Policy:
         except Exception as exc:
             raise ModelNotFoundError(f"base model {settings.base!r}: cannot load from {base.path}: {exc}") from exc
         processor.tokenizer.padding_side = "left"
-        model.to(runtime.device)
+        model.to(runtime.device)  # type: ignore[arg-type]  # transformers types .to with functools.wraps: unbound
         if settings.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -177,9 +180,9 @@ class Policy:
 
         Inference settings as the reference's inference, with serving's sampling options
         (:func:`~ml_backend.scoring.generation.reference_sampling`): the full inference input,
-        top-k 50, top-p 1, the checkpoint's temperature. ``fallback``: where no sampled answer parses, take the constrained answer
-        instead (a different estimator: only for random test models). Videos that cannot be
-        decoded stay NaN either way.
+        top-k 50, top-p 1, the checkpoint's temperature. ``fallback``: where no sampled answer
+        parses, take the constrained answer instead (a different estimator: only for random test
+        models). Videos that cannot be decoded stay NaN either way.
         """
         scores = np.full(len(videos), np.nan)
         for index, video in enumerate(videos):

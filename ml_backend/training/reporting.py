@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .versions import KINDS, VersionInfo, VersionStore
+from .versions import KINDS, Kind, VersionInfo, VersionStore
 
 
 def _finite(value: Any) -> float | None:
@@ -49,7 +49,7 @@ def describe_metrics(before: dict | None, after: dict | None) -> str:
     return ", ".join(parts)
 
 
-def version_summary(version: VersionInfo, active: dict[str, str | None]) -> dict[str, Any]:
+def version_summary(version: VersionInfo, active: dict[Kind, str | None]) -> dict[str, Any]:
     """One version as JSON: id, kind, path, active, parent, created, metrics and their change."""
     meta = version.metadata
     labels = (meta.get("settings") or {}).get("labels")

@@ -11,6 +11,7 @@ model is never rewarded for an answer that holds no score.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Sequence
@@ -72,10 +73,8 @@ def parse_scores(texts: Sequence[str]) -> np.ndarray:
     """Scores of answer texts (clamped to 1-5 by :func:`parse_score`); ``NaN`` where none can be read."""
     scores = np.full(len(texts), np.nan)
     for index, text in enumerate(texts):
-        try:
+        with contextlib.suppress(AnswerParseError):
             scores[index] = parse_score(text)
-        except AnswerParseError:
-            pass
     return scores
 
 

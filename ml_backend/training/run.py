@@ -9,6 +9,7 @@ and calls the requested target with a :class:`JobContext` for progress reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import importlib
 import logging
@@ -72,10 +73,8 @@ def _on_sigterm(signum, frame) -> None:
 def _release(lock_fd: int) -> None:
     """Drop the job lock right after the final status is written, not at the end of interpreter teardown
     (seconds with torch loaded): a job that says "succeeded" must not still block the next one."""
-    try:
+    with contextlib.suppress(OSError):
         os.close(lock_fd)
-    except OSError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         _release(args.lock_fd)
         log.info("job %s cancelled", status.job_id)
         return 143
-    except BaseException as exc:  # everything a target can throw ends up in the status, never silently
+    except BaseException as exc:  # noqa: BLE001 - everything a target can throw ends up in the status, never silently
         traceback.print_exc(file=sys.stdout)
         _write(job_dir, replace(context.status, state="failed", finished=_now(), message="failed",
                                 error=f"{type(exc).__name__}: {exc}"))

@@ -19,6 +19,7 @@ serving process can poll it with one ``stat`` and switch adapters without a rest
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import logging
@@ -45,7 +46,7 @@ _ID = re.compile(r"^(quality|difficulty)-\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_version_id(kind: Kind, when: dt.datetime | None = None) -> str:
@@ -61,7 +62,7 @@ def looks_like_version_id(text: str) -> bool:
 def _check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise VersionError(f"unknown version kind {kind!r}; expected one of {KINDS}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 @dataclass(frozen=True)
@@ -270,12 +271,12 @@ class VersionStore:
             raise VersionError(f"nothing to roll back: no {kind} version was ever activated")
         return self.activate(pointer.previous, kind=kind)
 
-    def watcher(self, kind: Kind) -> "ActiveWatcher":
+    def watcher(self, kind: Kind) -> ActiveWatcher:
         return ActiveWatcher(self, kind)
 
     # --- leftovers -------------------------------------------------------------------------------
 
-    def leftovers(self) -> list[Leftover]:
+    def leftovers(self) -> builtins.list[Leftover]:  # in this class body `list` is VersionStore.list
         """Abandoned staging folders, stray temp files and folders that are not complete versions.
 
         A staging folder whose writer still holds its lock is in progress, not a leftover.
@@ -296,7 +297,7 @@ class VersionStore:
                 found.append(Leftover(path, "temp file of an interrupted pointer write"))
         return found
 
-    def clean_leftovers(self, *, include_invalid: bool = False) -> list[Leftover]:
+    def clean_leftovers(self, *, include_invalid: bool = False) -> builtins.list[Leftover]:
         """Remove abandoned staging folders and temp files; folders that merely fail validation
         are only reported unless ``include_invalid`` (they may be someone's hand-made copy)."""
         removed = []

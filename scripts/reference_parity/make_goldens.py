@@ -465,7 +465,7 @@ def write_inputs(args: argparse.Namespace, clips_dir: Path) -> None:
         "description": "MDS-VQA reference video preprocessing (qwen-vl-utils process_vision_info + "
         "transformers Qwen2_5_VLProcessor) on the shared videos and clips.py clips; written by "
         "scripts/reference_parity/make_goldens.py",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "runtime_s": None,
         "versions": versions(),
         "qwen_vl_utils": settings,
@@ -569,7 +569,7 @@ def evaluate(fit_curve: Callable[..., Any], pred: list[float], mos: list[float])
         warnings.simplefilter("always")
         try:
             fitted = np.asarray(fit_curve(pred, mos), dtype=np.float64)  # lists, as the reference passes
-        except Exception as exc:  # the reference does not catch curve_fit failures
+        except Exception as exc:  # noqa: BLE001 - the reference does not catch curve_fit failures
             result["error"] = f"{type(exc).__name__}: {exc}"
         else:
             fell_back = bool(np.isnan(fitted).any() or np.all(fitted == fitted[0]))
@@ -599,7 +599,7 @@ def write_evaluation(args: argparse.Namespace) -> None:
         "fitted values with NaN or all equal fall back to the raw predictions; SRCC and PLCC on the "
         "fitted values against MOS. NaN correlations are written as null; 'error' holds a fit_curve "
         "exception (the reference would crash).",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "runtime_s": None,
         "versions": {k: v for k, v in versions().items() if k in ("python", "numpy", "scipy")},
         "reference_utils": {"source": args.reference_label or str(utils_path), "sha256": sha256_file(utils_path)},
