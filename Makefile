@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-check run test bench docker-check clean
+.PHONY: setup demo demo-check run lint test bench docker-check clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
@@ -16,14 +16,19 @@ demo-check: setup
 run: setup
 	@VENV=$(VENV) scripts/score_shared.sh
 
-test: setup
+# ruff and mypy read their settings from pyproject.toml; any finding fails the target.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/video_decode.py
 
 clean:
-	rm -rf .cache .pytest_cache scores.json
+	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache scores.json
 
 docker-check:
 	scripts/docker_check.sh
