@@ -240,7 +240,7 @@ def test_the_deadline_bounds_the_whole_download_not_each_chunk(slow_server, tmp_
         with pytest.raises(MediaTimeoutError, match=r"within MDSVQA_MEDIA_TIMEOUT_S \(1.5 s"):
             resolver.fetch(f"{slow_server.url}/drip/40", task_id=1, connection=None)  # 40 bytes: 12 s
         assert not slow_server.finished.is_set(), "the download was cut before the server finished sending"
-        assert 0 < slow_server.sent < 40
+        assert slow_server.sent < 40
         assert downloaded_files(tmp_path / "downloads") == [], "the partial download must be removed"
     finally:
         resolver.close()
@@ -256,7 +256,7 @@ def test_each_read_gets_at_most_the_time_left(slow_server, tmp_path):
 
     resolver = MediaResolver(tmp_path / "downloads", max_bytes=10**7, timeout_s=60.0)  # 30 s reads
     try:
-        with (pytest.raises(httpx.ReadTimeout), media_module.download_deadline(1.0),
+        with (pytest.raises(httpx.ReadTimeout), media_module.download_deadline(2.0),
               resolver._http.stream("GET", f"{slow_server.url}/stall/20") as response):
             for _ in response.iter_raw():
                 pass

@@ -452,12 +452,9 @@ class MediaResolver:
     def fetch(self, ref: object, *, task_id: int | None, connection: Connection | None) -> LocalMedia:
         """Local file for ``ref``; raises a MediaError subclass that says what went wrong.
 
-        One deadline (``timeout_s``) covers the whole fetch, fallbacks included.
+        One deadline (``timeout_s``) covers the fetch's transfers, the upload fallback included; it
+        starts when the first request is about to go out (imports and auth headers are not counted).
         """
-        with download_deadline(self.timeout_s):
-            return self._fetch(ref, task_id=task_id, connection=connection)
-
-    def _fetch(self, ref: object, *, task_id: int | None, connection: Connection | None) -> LocalMedia:
         from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
             encode_presign_fileuri,
             is_cloud_storage_uri,
@@ -474,12 +471,13 @@ class MediaResolver:
             return self._download(self._on_label_studio(ref, connection), connection, ref)
         if ref.startswith("/data/upload/"):
             upload_key = ref[len("/data/"):]
+            shared: list[float] = []  # both tries within one deadline
             try:
-                return self._download(self._on_label_studio(ref, connection), connection, ref)
+                return self._download(self._on_label_studio(ref, connection), connection, ref, shared)
             except (MediaNotFoundError, MediaDownloadError):
                 # Cloud-backed default storage serves uploads only through the storage proxy.
                 proxy = f"/storage-data/uploaded/?filepath={upload_key}"
-                return self._download(self._on_label_studio(proxy, connection), connection, ref)
+                return self._download(self._on_label_studio(proxy, connection), connection, ref, shared)
         if is_cloud_storage_uri(ref):
             if task_id is None:
                 raise UnsupportedMediaError(f"{describe(ref)}: cloud storage media needs the task id to be presigned")
@@ -548,11 +546,18 @@ class MediaResolver:
 
         return api_for(connection).auth_headers()
 
-    def _download(self, url: str, connection: Connection | None, ref: str) -> LocalMedia:
-        with download_deadline(self.timeout_s) as deadline:
-            return self._download_by(deadline, url, connection, ref)
+    def _download(self, url: str, connection: Connection | None, ref: str,
+                  shared: list[float] | None = None) -> LocalMedia:
+        """Download within ``timeout_s`` from now, or by the deadline in ``shared`` (set there if empty)."""
+        headers = self._headers_for(url, connection)
+        if shared is None:
+            shared = []
+        if not shared:
+            shared.append(time.monotonic() + self.timeout_s)
+        with download_deadline(shared[0] - time.monotonic()) as deadline:
+            return self._download_by(deadline, url, headers, ref)
 
-    def _download_by(self, deadline: float, url: str, connection: Connection | None, ref: str) -> LocalMedia:
+    def _download_by(self, deadline: float, url: str, headers: dict[str, str], ref: str) -> LocalMedia:
         """Stream ``url`` into a temporary file; every read ends by ``deadline`` (see _deadline_backend)."""
         import httpx
 
@@ -573,8 +578,7 @@ class MediaResolver:
         read = min(READ_TIMEOUT_S, left)
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=read, write=read, pool=read)
         try:
-            with handle, self._http.stream("GET", url, headers=self._headers_for(url, connection),
-                                           timeout=timeout) as response:
+            with handle, self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                 if response.status_code in (401, 403):
                     raise MediaAccessDeniedError(
                         f"{shown}: server answered {response.status_code}; check the Label Studio token "
