@@ -10,14 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_backend.labelstudio.client import Connection, LabelStudioApiError
+from ml_backend.labelstudio.client import Connection, LabelStudioApiError, ProjectInfo, ProjectTask, TaskPrediction
 from ml_backend.labelstudio.media import LocalMedia, media_key
 from ml_backend.prioritize.features import FeatureRecorder, FeatureRequest, FeatureSource, FeatureStore
-from ml_backend.prioritize.labelstudio import ProjectInfo, ProjectTask, TaskPrediction
-from ml_backend.prioritize.order import (PICK_FLOOR, default_budget, pick_priority, queue_order, rest_priority,
-                                         rest_sort_key)
-from ml_backend.prioritize.run import (VIEW_ORDERING, VIEW_TITLE, PriorityError, PriorityInterruptedError,
-                                       prioritize_project)
+from ml_backend.prioritize.order import (
+    PICK_FLOOR,
+    default_budget,
+    pick_priority,
+    queue_order,
+    rest_priority,
+    rest_sort_key,
+)
+from ml_backend.prioritize.run import (
+    VIEW_ORDERING,
+    VIEW_TITLE,
+    PriorityError,
+    PriorityInterruptedError,
+    prioritize_project,
+)
 from selection.lambdas import CLIP_RN101_OPENAI
 from tests.conditions import wait_for
 
@@ -171,7 +181,7 @@ def test_feature_source_reports_what_it_cannot_load(tmp_path):
 # -- one ordering pass against an in-memory Label Studio ------------------------------------------
 
 class FakeLabelStudio:
-    """The PriorityApi surface, in memory: records every write."""
+    """The LabelStudioApi surface an ordering pass uses, in memory: records every write."""
 
     def __init__(self, tasks: list[ProjectTask], *, model_version: str = VERSION,
                  sampling: str = "Sequential sampling") -> None:

@@ -99,7 +99,6 @@ def open_project(settings, project: int, *, extract: bool = True):
     from ..labelstudio.media import MediaResolver
     from ..model.loading import resolve_model, shared_model
     from ..prioritize.features import FeatureSource, FeatureStore, feature_computer
-    from ..prioritize.labelstudio import PriorityApi
     from ..prioritize.run import PriorityError
 
     if not settings.label_studio_url or not settings.label_studio_api_key:
@@ -108,7 +107,7 @@ def open_project(settings, project: int, *, extract: bool = True):
         connection = Connection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    client = PriorityApi(api_for(connection))
+    client = api_for(connection)
     try:  # reach Label Studio before anything else, and say so plainly when it cannot be reached
         client.project(project)
     except LabelStudioApiError as exc:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MdsVqaError
+from ..labelstudio.client import Connection, LabelStudioApi
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.predictions import control_numbers
 from .pool import derive_pool
 from .processes import REPO, BackendService, LabelStudioService, start_backend, start_label_studio
-from .studio import Studio
 
 VIEW_TITLE = "MDS-VQA priority"
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
@@ -145,16 +145,16 @@ def run_demo(options: DemoOptions) -> int:
                        # the backend re-orders by itself too: same K as the command, so both give one order
                        "MDSVQA_PRIORITY_BUDGET": str(options.budget), **tiny_env})
         services.append(backend)
-        studio = Studio(studio_service.url, studio_service.token)
+        studio = LabelStudioApi(Connection(studio_service.url, studio_service.token), timeout=120)
 
         project = studio.create_project(f"MDS-VQA demo {time.strftime('%H:%M:%S')}", _label_config())
         say(f"project {project}: uploading {len(videos)} videos ...")
-        studio.upload(project, videos)
-        studio.connect_backend(project, backend.url)
+        studio.import_files(project, videos)
+        studio.connect_ml_backend(project, backend.url, title="mdsvqa")
         say("backend connected; scoring every task in the background ...")
 
         def scored() -> list[dict] | None:
-            tasks = studio.tasks(project)
+            tasks = studio.tasks_in_view(project)
             done = [t for t in tasks if _good_prediction(t)]
             return tasks if len(done) == len(tasks) else None
 
@@ -167,7 +167,7 @@ def run_demo(options: DemoOptions) -> int:
                 env=tiny_env,
                 out=workdir / "report.html")
         view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
-        queue = studio.tasks(project, view=view["id"])
+        queue = studio.tasks_in_view(project, view["id"])
         _print_queue(studio_service, project, queue, options.show)
         print(f"  report: {workdir / 'report.html'} (mdsvqa report --project {project})\n", flush=True)
         if options.check:
@@ -230,11 +230,11 @@ def _print_queue(service: LabelStudioService, project: int, queue: list[dict], s
     print(flush=True)
 
 
-def _check(studio: Studio, project: int, view: int, queue: list[dict]) -> None:
+def _check(studio: LabelStudioApi, project: int, view: int, queue: list[dict]) -> None:
     details = studio.project(project)
     versions = {(_good_prediction(t) or {}).get("model_version") for t in queue}
-    if len(versions) != 1 or details.get("model_version") not in versions:
-        raise DemoCheckFailed(f"model versions differ: project {details.get('model_version')!r}, "
+    if len(versions) != 1 or details.model_version not in versions:
+        raise DemoCheckFailed(f"model versions differ: project {details.model_version!r}, "
                               f"predictions {sorted(map(str, versions))}")
     scores = [(_good_prediction(t) or {}).get("score") for t in queue]
     given = [s for s in scores if s is not None]

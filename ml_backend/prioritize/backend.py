@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..labelstudio.client import Connection, api_for
+from ..labelstudio.client import SEQUENTIAL, Connection, api_for
 from ..settings import PrioritySettings
 from .features import FeatureRecorder, FeatureSource, FeatureStore, feature_computer
-from .labelstudio import SEQUENTIAL, PriorityApi
 from .run import VIEW_TITLE, PrioritySummary, prioritize_project
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ class BackendPriority:
         source = FeatureSource(store, computer) if store is not None else None
         try:
             summary = prioritize_project(
-                PriorityApi(api_for(connection)), project_id, model_version=scorer.model_version, features=source,
+                api_for(connection), project_id, model_version=scorer.model_version, features=source,
                 budget=self.settings.budget, budget_fraction=self.settings.budget_fraction,
                 lam=self.settings.diversity_lambda, device=_selection_device(scorer))
         except Exception:

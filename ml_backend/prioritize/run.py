@@ -38,12 +38,11 @@ import numpy as np
 from selection.result import SelectionStep
 
 from ..errors import MdsVqaError
-from ..labelstudio.client import LabelStudioApiError
+from ..labelstudio.client import SEQUENTIAL, LabelStudioApi, LabelStudioApiError, ProjectTask, TaskPrediction
 from ..labelstudio.config import ProjectConfig, parse_label_config
 from ..labelstudio.media import media_key
 from ..labelstudio.predictions import DIFFICULTY_MAX, DIFFICULTY_MIN, control_numbers
 from .features import FeatureRequest, FeatureSource, LoadedTaskFeatures
-from .labelstudio import SEQUENTIAL, PriorityApi, ProjectTask, TaskPrediction
 from .order import LABELED_PRIORITY, QueueEntry, default_budget, queue_order
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ def difficulty_of(prediction: TaskPrediction, config: ProjectConfig) -> tuple[fl
     return None, f"prediction {prediction.id} has no '{config.difficulty.name}' result"
 
 
-def _feature_requests(tasks: list[ProjectTask], config: ProjectConfig, client: PriorityApi,
+def _feature_requests(tasks: list[ProjectTask], config: ProjectConfig, client: LabelStudioApi,
                       missing: dict[int, str]) -> dict[int, FeatureRequest]:
     requests: dict[int, FeatureRequest] = {}
     for task in tasks:
@@ -186,7 +185,7 @@ def _select(candidates: list[int], seeds: list[int], difficulty: dict[int, float
     return [candidates[int(i)] for i in result.picks], result.budget_clipped, steps
 
 
-def ensure_view(client: PriorityApi, project_id: int) -> tuple[int, str]:
+def ensure_view(client: LabelStudioApi, project_id: int) -> tuple[int, str]:
     """The project's "MDS-VQA priority" view, created or its ordering put back; (id, what was done)."""
     mine = sorted((v for v in client.views(project_id) if (v.get("data") or {}).get("title") == VIEW_TITLE),
                   key=lambda v: int(v.get("id", 0)))
@@ -202,7 +201,7 @@ def ensure_view(client: PriorityApi, project_id: int) -> tuple[int, str]:
     return int(view["id"]), "updated"
 
 
-def prioritize_project(client: PriorityApi, project_id: int, *, model_version: str | None = None,
+def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version: str | None = None,
                        features: FeatureSource | None = None, budget: int | None = None,
                        budget_fraction: float = 0.05, lam: float | None = None, device: str = "cpu",
                        set_project_version: bool = True, write: bool = True,
