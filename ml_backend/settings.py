@@ -9,7 +9,7 @@ for configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,9 +18,12 @@ DEFAULT_BASE = "hollow404/VQR1-7B-YouTubeUGC"
 DEFAULT_ADAPTER = "hollow404/MDS-VQA-Failure-Predictor"
 
 
+ModelKind = Literal["quality", "difficulty"]  # f scores quality, g predicts difficulty
+MODEL_KINDS: tuple[ModelKind, ...] = ("quality", "difficulty")
+
 # Marks a setting that is not secret by itself but part of a credential (the basic auth user,
 # Label Studio's URL that goes with its token): handed on only together with its secret.
-CREDENTIAL = {"mdsvqa_credential": True}
+CREDENTIAL: dict[str, Any] = {"mdsvqa_credential": True}
 
 
 def credential_fields(model: type[BaseSettings]) -> set[str]:
@@ -77,7 +80,7 @@ class VideoSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "VideoSettings":
+    def _check(self) -> VideoSettings:
         if self.min_frames > self.max_frames:
             raise ValueError("min_frames must not exceed max_frames")
         if self.min_pixels > self.max_pixels:
@@ -150,7 +153,7 @@ class TrainingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MDSVQA_TRAIN_", extra="forbid")
 
-    objective: Literal["quality", "difficulty"] = Field(
+    objective: ModelKind = Field(
         "quality", description="'quality' fine-tunes f (GRPO); 'difficulty' trains the failure predictor g (REINFORCE)."
     )
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the LoRA weights.")
@@ -173,10 +176,12 @@ class TrainingSettings(BaseSettings):
                             "from the 2-fps frames, redrawn every step (reference: 14).")
     frame_side: int = Field(504, ge=28, multiple_of=28, description="Training frames are squashed to this side "
                             "x side, aspect ratio not kept (reference: 512 asked, 504 after rounding to 28).")
-    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="Share of labels kept out of training for evaluation.")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1,
+                                     description="Share of labels kept out of training for evaluation.")
     split_seed: int = Field(0, description="Seed of the deterministic train/held-out split and of the rollouts.")
     min_train_labels: int = Field(4, ge=2, description="Refuse to train with fewer training labels.")
-    min_held_out_labels: int = Field(5, ge=3, description="Refuse to train with fewer held-out labels (SRCC needs some).")
+    min_held_out_labels: int = Field(5, ge=3,
+                                     description="Refuse to train with fewer held-out labels (SRCC needs some).")
     eval_samples: int = Field(1, ge=1, description="Sampled answers averaged per held-out video when evaluating.")
     f_max_new_tokens: int = Field(
         2048, ge=1, description="Answer budget of the quality model f when its scores are estimated (g's targets "
@@ -189,8 +194,8 @@ class TrainingSettings(BaseSettings):
     )
 
     # Training started from Label Studio ("Start Training", auto-train); see docs/training.md
-    objectives: Annotated[list[Literal["quality", "difficulty"]], NoDecode] = Field(
-        default_factory=lambda: ["quality", "difficulty"],
+    objectives: Annotated[list[ModelKind], NoDecode] = Field(
+        default_factory=lambda: list(MODEL_KINDS),
         description="What a backend training run trains, in order (comma-separated): 'quality' (f) then "
         "'difficulty' (g, whose target |f - MOS| uses the then active f).",
     )
@@ -294,7 +299,7 @@ class Settings(BaseSettings):
     # ML backend server (mdsvqa serve); see docs/backend.md
     host: str = Field("127.0.0.1", description="Interface the backend listens on (0.0.0.0 in containers).")
     port: int = Field(9090, ge=1, le=65535, description="Port the backend listens on.")
-    threads: int = Field(8, ge=1, le=256, description="Request threads of the single gunicorn worker.")
+    threads: int = Field(8, ge=1, le=256, description="Request threads of the single server process (waitress).")
     public_url: str | None = Field(
         None, description="URL under which Label Studio reaches this backend; finds our ML backend entry in "
         "Label Studio (default: whichever of the project's backends answers /health with our instance id).",
@@ -358,7 +363,7 @@ class Settings(BaseSettings):
         return self.cache_dir / "downloads"
 
     @model_validator(mode="after")
-    def _check_auth(self) -> "Settings":
+    def _check_auth(self) -> Settings:
         if bool(self.basic_auth_user) != bool(self.basic_auth_password and self.basic_auth_password.get_secret_value()):
             raise ValueError("set both MDSVQA_BASIC_AUTH_USER and MDSVQA_BASIC_AUTH_PASSWORD, or neither")
         return self
@@ -369,5 +374,5 @@ def load_settings(**overrides: object) -> Settings:
 
     ``None`` overrides are dropped so unset CLI options fall back to the environment.
     """
-    clean = {k: v for k, v in overrides.items() if v is not None}
+    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)

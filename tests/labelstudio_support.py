@@ -165,7 +165,7 @@ class Backend:
 
 def start_backend(*, base: Path, adapter: Path, cache_dir: Path, log: Path, port: int | None = None,
                   auth: tuple[str, str] | None = None, extra_env: dict | None = None) -> Backend:
-    """``mdsvqa serve`` (gunicorn) as a real subprocess with the tiny model; waits for the model."""
+    """``mdsvqa serve`` as a real subprocess with the tiny model; waits for the model."""
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MDSVQA_"))}
     env.update({

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.server.outbox_state import (ActionPolicy, Entry, on_ask, on_failure, on_restart, on_success,
-                                            should_run)
+from ml_backend.server.outbox_state import ActionPolicy, Entry, on_ask, on_failure, on_restart, on_success, should_run
 
 PUSH = ActionPolicy("push", retry_delays_s=(1.0, 2.0, 60.0), retry_forever=True)
 PASS = ActionPolicy("priority", lane="slow", debounce_s=2.0, max_wait_s=10.0, retry_delays_s=(5.0, 15.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_queue_scores_strictly_decrease_picks_first_then_difficulty():
         assert sorted(e.task_id for e in order) == sorted(difficulty), "every task exactly once"
         assert [e.task_id for e in order[: len(picks)]] == picks, "picks first, in pick order"
         assert all(0 < s <= 1 for s in scores)
-        assert all(a > b for a, b in zip(scores, scores[1:])), f"trial {trial}: not strictly decreasing"
+        assert all(a > b for a, b in itertools.pairwise(scores)), f"trial {trial}: not strictly decreasing"
         rest = [e.task_id for e in order[len(picks):]]
         assert rest == sorted(rest, key=lambda t: (-difficulty[t], t)), "rest by difficulty, ties: older first"
         if picks:
@@ -268,7 +269,7 @@ def test_pass_orders_picks_then_difficulty_and_labeled_tasks_seed(tmp_path):
     difficulty = {1: 2.5, 2: 4.1, 3: 3.3, 4: 4.1, 5: 1.7, 6: 3.9}
     tasks = [_task(t, d) for t, d in difficulty.items()] + [_task(7, 4.8, labeled=True), _task(8, labeled=True)]
     ls = FakeLabelStudio(tasks)
-    source, frames = _features(tmp_path, list(difficulty) + [7, 8])
+    source, frames = _features(tmp_path, [*list(difficulty), 7, 8])
     summary = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=3, lam=2.0)
 
     expected = _expected_picks(difficulty, frames, 3, 2.0, seeds=[7, 8])
@@ -277,7 +278,7 @@ def test_pass_orders_picks_then_difficulty_and_labeled_tasks_seed(tmp_path):
     rest = sorted(set(difficulty) - set(expected), key=lambda t: (-difficulty[t], t))
     assert summary.queue == expected + rest
     scores = [ls.score(t)[0] for t in summary.queue]
-    assert all(a > b for a, b in zip(scores, scores[1:])) and scores[0] == 1.0 and scores[-1] > 0
+    assert all(a > b for a, b in itertools.pairwise(scores)) and scores[0] == 1.0 and scores[-1] > 0
     assert ls.score(7) == [0.0], "a labeled task leaves the queue (score 0)"
     assert ls.view_list == [{"id": 10, "project": 1, "data": {"title": VIEW_TITLE, "ordering": VIEW_ORDERING}}]
     assert (summary.view_id, summary.view_action) == (10, "created")
@@ -528,7 +529,7 @@ def test_lambda_comes_from_the_store_extractor_and_vision_needs_one(tmp_path):
     assert vision.directory.name == "vision-0123456789abcdef", "the folder the vision features always had"
     for task_id, array in frames.items():
         vision.put(media_key(f"/data/upload/1/v{task_id}.mp4", LS), array)
-    with pytest.raises(PriorityError, match="vision tower.*lambda"):
+    with pytest.raises(PriorityError, match=r"vision tower.*lambda"):
         prioritize_project(ls, 1, model_version=VERSION, features=FeatureSource(vision), budget=2)
     summary = prioritize_project(ls, 1, model_version=VERSION, features=FeatureSource(vision), budget=2, lam=0.25)
     assert summary.lam == 0.25 and summary.picks == _expected_picks(difficulty, frames, 2, 0.25, seeds=[])

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server.gunicorn_app import serve
+    from ..server.http_front import serve
     from ..settings import load_settings
 
     settings = load_settings(base=args.base, adapter=args.adapter, host=args.host, port=args.port,

@@ -2,7 +2,7 @@
 
 Label Studio runs from its own virtualenv (it pins Django and its own SDK), offline and on
 loopback, with the settings SPEC section 7 lists. Both processes get their own process
-group so that stopping them stops their children (gunicorn workers, Django threads).
+group so that stopping them stops their children (Django threads, helper processes).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class BackendService:
 def start_backend(*, base: str, adapter: str, cache_dir: Path, model_dir: Path, log: Path,
                   port: int | None = None, extra_env: dict[str, str] | None = None,
                   timeout: float = 300) -> BackendService:
-    """``mdsvqa serve`` (gunicorn) as a subprocess; waits until its model is loaded."""
+    """``mdsvqa serve`` as a subprocess; waits until its model is loaded."""
     import httpx
 
     port = port or free_port()

@@ -89,7 +89,8 @@ def annotation_mos(annotation: dict[str, Any], control: NumberControl) -> tuple[
     if not values:
         return None, f"no '{control.name}' value"
     mos = values[-1]  # one control, one value; should a result repeat it, the last one stands
-    if (control.minimum is not None and mos < control.minimum) or (control.maximum is not None and mos > control.maximum):
+    below = control.minimum is not None and mos < control.minimum
+    if below or (control.maximum is not None and mos > control.maximum):
         return None, f"'{control.name}' = {mos:g} is outside the control's range [{control.minimum}, {control.maximum}]"
     return mos, None
 

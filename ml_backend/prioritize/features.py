@@ -35,9 +35,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import MdsVqaError
 from selection.features import features_path
 from selection.features import save_features as write_features
+
+from ..errors import MdsVqaError
 from ..features.identity import extractor_identity, store_dirname, vision_identity
 from ..labelstudio.client import Connection
 from ..labelstudio.media import LocalMedia, MediaResolver, describe, media_key
@@ -69,12 +70,12 @@ class FeatureStore:
         self.directory = Path(directory)
 
     @classmethod
-    def under(cls, root: str | Path, extractor: str) -> "FeatureStore":
+    def under(cls, root: str | Path, extractor: str) -> FeatureStore:
         """The store of ``extractor`` in the features root (``MDSVQA_CACHE_DIR/features``)."""
         return cls(Path(root) / store_dirname(extractor), extractor)
 
     @classmethod
-    def for_settings(cls, root: str | Path, settings: Any, spec: Any = None) -> "FeatureStore":
+    def for_settings(cls, root: str | Path, settings: Any, spec: Any = None) -> FeatureStore:
         return cls.under(root, extractor_identity(settings, spec))
 
     @property
@@ -161,10 +162,10 @@ class FeatureRecorder:
             try:
                 store.put(key, embedding)
                 self.recorded += 1
-            except Exception:  # noqa: BLE001 - disk full, bad array: log, score on
+            except Exception:
                 log.exception("storing the features of %s failed", describe(key))
 
-    def track(self, resolver: MediaResolver) -> "TrackingResolver":
+    def track(self, resolver: MediaResolver) -> TrackingResolver:
         return TrackingResolver(resolver, self)
 
 
@@ -276,7 +277,7 @@ def for_each_media(requests: Sequence[FeatureRequest], resolver: MediaResolver, 
             work(request, media.path)
         except MdsVqaError as exc:
             failed[request.key] = str(exc).replace(str(media.path), describe(request.ref))
-        except Exception as exc:  # noqa: BLE001 - an unexpected decoder/encoder fault is this video's failure
+        except Exception as exc:
             log.exception("features of %s failed", describe(request.ref))
             failed[request.key] = f"{describe(request.ref)}: {type(exc).__name__}: {exc}"
         finally:
@@ -315,7 +316,7 @@ class VisionFeatureComputer:
                 return
             try:
                 embeddings = extractor.extract([prepared for _, prepared in batch])
-            except Exception as exc:  # noqa: BLE001 - one batch's failure is its videos' failure
+            except Exception as exc:
                 log.exception("vision features failed for a batch of %d", len(batch))
                 failed.update({request.key: f"vision tower failed: {type(exc).__name__}: {exc}"
                                for request, _ in batch})

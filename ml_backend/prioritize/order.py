@@ -44,7 +44,7 @@ def difficulty_level(difficulty: float) -> int:
     if not math.isfinite(difficulty):
         raise ValueError(f"difficulty must be finite, got {difficulty!r}")
     clamped = min(DIFFICULTY_MAX, max(DIFFICULTY_MIN, float(difficulty)))
-    return int(round((clamped - DIFFICULTY_MIN) * 100))
+    return round((clamped - DIFFICULTY_MIN) * 100)
 
 
 def pick_priority(rank: int, n_picks: int) -> float:

@@ -290,7 +290,7 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
         except SelectionError as exc:
             raise PriorityError(f"project {project_id}: {exc}") from exc
     summary.picks, summary.budget_clipped, summary.steps = _select(candidates, seed_ids, difficulty, frames,
-                                                                   summary.budget, summary.lam, device)
+                                                                   summary.budget, summary.lam or 0.0, device)
     summary.order = queue_order(summary.picks, difficulty)
     summary.difficulty = difficulty
     summary.media = {task_id: request.ref for task_id, request in requests.items()}

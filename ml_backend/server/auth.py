@@ -60,7 +60,7 @@ class AccessPolicy:
     webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AccessPolicy":
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
         password = settings.basic_auth_password.get_secret_value() if settings.basic_auth_password else None
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         if secret is None and password:
@@ -85,8 +85,9 @@ class AccessPolicy:
             user, _, password = base64.b64decode(authorization[6:].strip()).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        return hmac.compare_digest(user.encode(), self.user.encode()) & hmac.compare_digest(
-            password.encode(), self.password.encode())
+        expected_user, expected_password = self.user or "", self.password or ""  # both set: required above
+        return hmac.compare_digest(user.encode(), expected_user.encode()) & hmac.compare_digest(
+            password.encode(), expected_password.encode())
 
     def webhook_ok(self, authorization: str | None, secret_header: str | None) -> bool:
         if self.webhook_secret is None and not self.basic_auth_required:

@@ -1,12 +1,13 @@
 """Serving the active difficulty version of MODEL_DIR, and following it without a restart.
 
 A training job (or ``mdsvqa activate``) only rewrites ``MODEL_DIR/active/difficulty.json``;
-the serving process notices with one ``stat`` (:class:`ml_backend.training.versions.ActiveWatcher`)
-every ``MDSVQA_VERSION_POLL_S`` seconds, and at once when /health, /setup or /predict nudge
-it. The checks run as the backend outbox's ``follow`` action on a lane of their own (a slow
-ordering pass never delays a switch); each check asks for the next. The new version is loaded as a named adapter on the shared
-base (the 7B base stays in memory once), off the request path; then the scorer handle is
-swapped in one assignment. Requests that started earlier keep the scorer they took, and
+the serving process notices with one ``stat``
+(:class:`ml_backend.training.versions.ActiveWatcher`) every ``MDSVQA_VERSION_POLL_S``
+seconds, and at once when /health, /setup or /predict nudge it. The checks run as the
+backend outbox's ``follow`` action on a lane of their own (a slow ordering pass never delays
+a switch); each check asks for the next. The new version is loaded as a named adapter on the
+shared base (the 7B base stays in memory once), off the request path; then the scorer handle
+is swapped in one assignment. Requests that started earlier keep the scorer they took, and
 queued work finishes with the version it was submitted for (``ScoringQueue.scorer_for``):
 the previous trained adapter stays loaded for that (``KEEP_TRAINED``), older ones are freed.
 
@@ -23,15 +24,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ..settings import Settings
-from ..training.versions import VersionStore
+from ..settings import ModelKind, Settings
+from ..training.versions import ActiveWatcher, VersionStore
 from .outbox import ActionKind, RetryLater
 from .outbox_state import ActionPolicy
 
 log = logging.getLogger(__name__)
 
 KEEP_TRAINED = 2  # trained adapters kept in memory: the one serving and the one before it
-KIND = "difficulty"
+KIND: ModelKind = "difficulty"
 NUDGE_EVERY_S = 0.5  # requests nudge at most this often (each nudge is one outbox write)
 
 
@@ -45,8 +46,8 @@ class VersionFollower:
         self._load_stock = load_stock
         # Applied to every scorer built here (the service uses it to record vision features).
         self._prepare = prepare
-        self._watcher = None
-        self._stock = None  # the scorer of the configured adapter (MDSVQA_ADAPTER): the "no version" case
+        self._watcher: ActiveWatcher | None = None
+        self._stock: Any = None  # the scorer of the configured adapter (MDSVQA_ADAPTER): the "no version" case
         self._trained: OrderedDict[str, Any] = OrderedDict()  # version id -> scorer, oldest first
         self._registry = threading.Lock()  # guards _trained (read by queue threads); never held while loading
         self._switch_lock = threading.Lock()
@@ -113,7 +114,7 @@ class VersionFollower:
             return  # nothing loaded: nothing to follow
         try:
             self.check()
-        except Exception:  # noqa: BLE001 - a bug here must not end following
+        except Exception:
             log.exception("checking for a new %s version failed", KIND)
         if self._ask is not None and not self._stopped:
             self._ask(self.settings.version_poll_s)

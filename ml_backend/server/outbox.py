@@ -97,7 +97,7 @@ class Outbox:
         """Re-issue what is on disk, then start the workers."""
         from huey.consumer import Consumer
 
-        class _QuietConsumer(Consumer):  # the host process (gunicorn, a CLI) owns the signals
+        class _QuietConsumer(Consumer):  # the host process (the server, a CLI) owns the signals
             def _set_signal_handlers(self) -> None:
                 pass
 

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.media import MediaResolver
@@ -21,7 +22,7 @@ from .actions import PUSH, post_prediction, push_payload
 from .backfill import enqueue_project
 from .metrics import BackendMetrics
 from .outbox import ActionKind, Outbox
-from .queue import JobOutcome, ScoringQueue
+from .queue import JobOutcome, ScoreJob, ScoringQueue
 from .store import BackendStore, StoredOutcome
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
     from ..prioritize.features import FeatureRecorder
     from ..scoring import DifficultyScorer
 
-    connection = Connection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+    api_key = settings.label_studio_api_key
+    if not settings.label_studio_url or api_key is None:
+        raise ConfigurationError("score-project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    connection = Connection(settings.label_studio_url, api_key.get_secret_value())
     api = api_for(connection)
     config = parse_label_config(api.project_label_config(project_id))
 
@@ -109,14 +113,15 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
         work = enqueue_project(api, project_id, config, version, queue, store)
         summary.lacking = work.total
         summary.failed_video += len(work.unusable)
-        items: list[tuple[int, object]] = [*work.done, *work.queued]
+        items: list[tuple[int, StoredOutcome | JobOutcome | ScoreJob]] = [*work.done, *work.queued]
         bar = tqdm(total=work.total, desc=f"project {project_id}", unit="task", disable=not progress)
         bar.update(len(work.unusable))
         for task_id, pending in items:
-            outcome = pending if isinstance(pending, (StoredOutcome, JobOutcome)) else None
-            if outcome is None:
-                pending.wait(None)
-                outcome = pending.outcome
+            if isinstance(pending, ScoreJob):
+                pending.wait(None)  # ends: downloads have a deadline, the scorer answers every video
+                outcome: StoredOutcome | JobOutcome | None = pending.outcome
+            else:
+                outcome = pending
             if outcome is None or outcome.difficulty is None:
                 summary.failed_video += 1
                 log.warning("task %s: no prediction: %s", task_id, outcome.error if outcome else "no outcome")

@@ -18,15 +18,17 @@ under the new one.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import queue as stdqueue
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..labelstudio.client import Connection
 from ..labelstudio.config import ProjectConfig
@@ -43,7 +45,8 @@ PRIORITY_BACKFILL = 1_000_000_000
 class Scorer(Protocol):
     """What the queue needs from ml_backend.scoring.DifficultyScorer."""
 
-    model_version: str
+    @property
+    def model_version(self) -> str: ...
 
     def cached_result(self, path: Path): ...
 
@@ -173,10 +176,8 @@ class ScoringQueue:
         self._stopping.set()
         with self._lock:
             self._lock.notify_all()
-        try:
+        with contextlib.suppress(stdqueue.Full):  # a full queue wakes the scorer anyway
             self._ready.put_nowait(None)
-        except stdqueue.Full:
-            pass
         for thread in self._threads:
             thread.join(timeout)
 
@@ -270,7 +271,7 @@ class ScoringQueue:
     def _score_version(self, version: str, batch: list[tuple[ScoreJob, LocalMedia]]) -> None:
         try:
             scorer = self._scorer_of(version)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the model failed to load: every job of the batch says so
             for job, _media in batch:
                 self._complete(job, JobOutcome(None, f"model unavailable: {exc}", final=False))
             return

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import MdsVqaError
 from ..labelstudio.client import Connection, LabelStudioApi, choose_connection
@@ -96,7 +97,7 @@ class ScorerHandle:
         if on_ready is not None:
             try:
                 on_ready(scorer)
-            except Exception:  # noqa: BLE001 - metrics and bookkeeping must not fail the load
+            except Exception:
                 log.exception("after loading the model")
 
     @property
@@ -156,8 +157,11 @@ class BackendService:
 
             follower = VersionFollower(settings, prepare=self.features.attach)
         self.follower = follower
-        self.scorer = ScorerHandle(follower.initial_scorer if follower is not None
-                                   else self.features.attaching(scorer_factory))
+        if follower is not None:
+            self.scorer = ScorerHandle(follower.initial_scorer)
+        else:
+            assert scorer_factory is not None
+            self.scorer = ScorerHandle(self.features.attaching(scorer_factory))
         self.media = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                                    timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
         self.resolver = self.features.track(self.media)
@@ -203,7 +207,7 @@ class BackendService:
         self._started = False
 
     def start(self) -> None:
-        """Start loading the model and every background component (after gunicorn forked the worker).
+        """Start loading the model and every background component (once the server is about to listen).
 
         Each component is started here and its stop registered on one exit stack, so stop()
         ends them all, in reverse order, even when a later start failed.
@@ -467,7 +471,8 @@ class BackendService:
 
     def webhook(self, body: Any) -> WebhookReply:
         reply = handle_event(body, store=self.store, training=self.training)
-        action = body.get("action") if isinstance(body, dict) and isinstance(body.get("action"), str) else "none"
+        action = body.get("action") if isinstance(body, dict) else None
+        action = action if isinstance(action, str) else "none"
         if reply.handling == "recorded":  # label events: re-order the queue later, never in this request
             project_id = reply.body.get("project")
             self.priority.on_event(project_id, self.connection_for(project_id), recorded=True)
@@ -509,6 +514,6 @@ def _load_real_scorer(settings: Settings) -> Scorer:
     from ..scoring import DifficultyScorer
 
     scorer = DifficultyScorer.from_settings(settings)
-    scorer.loaded  # load the weights now, not on the first request (/health says "loading" meanwhile)
+    _ = scorer.loaded  # load the weights now, not on the first request (/health says "loading" meanwhile)
     return scorer
 

@@ -24,7 +24,7 @@ from ..errors import JobAlreadyRunningError, MdsVqaError
 from ..labelstudio.client import Connection
 from ..labelstudio.config import ProjectConfig
 from ..settings import Settings, credential_env_names, credential_fields
-from ..training.jobs import JobManager, JobStatus, tail_lines  # noqa: F401 (re-exported)
+from ..training.jobs import JobManager, JobStatus, tail_lines
 from .outbox import ActionKind, RetryLater
 from .outbox_state import ActionPolicy
 from .store import BackendStore

@@ -30,15 +30,16 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import VersionError
+from ..settings import MODEL_KINDS, ModelKind
 from . import _files
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["quality", "difficulty"]
-KINDS: tuple[Kind, ...] = ("quality", "difficulty")
+Kind = ModelKind
+KINDS = MODEL_KINDS
 ADAPTER_DIR = "adapter"
 METADATA_FILE = "metadata.json"
 STAGING_PREFIX = ".staging-"

@@ -1,7 +1,5 @@
 """Serving the app: waitress, one process, ``MDSVQA_THREADS`` request threads.
 
-(The module keeps its old name; it served the app with gunicorn before.)
-
 Why waitress: its event loop reads each request *whole* (headers and body, buffered in
 memory or a temporary file) before a request thread sees it, so idle sockets, half-sent
 headers and slow bodies cost a socket each, never a thread, and a silent connection is
