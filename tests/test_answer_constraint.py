@@ -14,7 +14,7 @@ import torch
 from ml_backend.answers import parse_score
 from ml_backend.model.loading import load_model
 from ml_backend.scoring.constraint import AnswerTrie
-from ml_backend.scoring.generation import _end_ids
+from ml_backend.scoring.generation import stop_tokens
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _greedy(loaded, text: str, *, constrained: bool, runner_up_text: str = "7") 
     from transformers import LogitsProcessorList
 
     tokenizer = loaded.tokenizer
-    end_ids = _end_ids(loaded)
+    end_ids = stop_tokens(loaded.model.get_base_model().generation_config, loaded.tokenizer).end_ids
     prompt = tokenizer("<|im_start|>assistant\n", add_special_tokens=False, return_tensors="pt")
     length = prompt["input_ids"].shape[1]
     preferred = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -78,3 +78,18 @@ def test_an_invalid_preference_still_ends_in_a_valid_answer(loaded, invalid):
     assert forced != invalid
     assert forced.startswith("<answer>") and forced.endswith("</answer>")
     assert 1.0 <= parse_score(forced) <= 5.0
+
+
+def test_serving_and_training_share_end_and_pad_tokens(tiny_model_dir, settings_factory):
+    """One generation stack: the policy's end/pad tokens are the scorer's, <|im_end|> included."""
+    from ml_backend.model.loading import shared_model
+    from ml_backend.scoring.generation import AnswerGenerator
+    from ml_backend.training.policy import Policy
+
+    settings = settings_factory()
+    loaded = shared_model(settings)
+    serving = AnswerGenerator(loaded, settings).stop
+    policy = Policy.load(settings, adapter=None)
+    assert policy.stop == serving
+    im_end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert serving.end_ids[0] == im_end and serving.pad_id == loaded.tokenizer.pad_token_id

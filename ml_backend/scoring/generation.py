@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..answers import parse_score
 from ..errors import AnswerParseError
@@ -30,16 +31,35 @@ class Answer:
     error: str | None = None
 
 
-def _end_ids(loaded: LoadedModel) -> list[int]:
-    configured = loaded.model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [int(i) for i in ids if i is not None]
-    im_end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end not in ids and im_end != loaded.tokenizer.unk_token_id:
+@dataclass(frozen=True)
+class StopTokens:
+    """Where generation ends and what pads a batch: the same for serving, rollouts and f's estimates."""
+
+    end_ids: list[int]
+    pad_id: int
+
+
+def stop_tokens(generation_config: Any, tokenizer: Any) -> StopTokens:
+    """The checkpoint's end tokens plus the chat turn's end (``<|im_end|>``), and its pad token."""
+    configured = generation_config.eos_token_id
+    ids = [int(i) for i in (configured if isinstance(configured, (list, tuple)) else [configured]) if i is not None]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end not in ids and im_end != tokenizer.unk_token_id:
         ids.insert(0, im_end)
     if not ids:
-        ids = [loaded.tokenizer.eos_token_id]
-    return ids
+        ids = [int(tokenizer.eos_token_id)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else generation_config.pad_token_id
+    return StopTokens(ids, int(pad if pad is not None else ids[0]))
+
+
+def generation_options(stop: StopTokens, suppress: list[int]) -> dict:
+    """``generate`` options every call shares: end and pad tokens, video placeholders never generated."""
+    return {"eos_token_id": stop.end_ids, "pad_token_id": stop.pad_id, "suppress_tokens": suppress}
+
+
+def greedy_options(max_new_tokens: int) -> dict:
+    """Greedy search, with the checkpoint's sampling defaults silenced (they do not apply to it)."""
+    return {"do_sample": False, "max_new_tokens": max_new_tokens, "temperature": None, "top_k": None, "top_p": None}
 
 
 # The reference's sampling (SPEC 4): top-k 50, top-p 1. Serving, rollouts and f's estimates use it.
@@ -79,9 +99,10 @@ class AnswerGenerator:
         self.settings = settings
         self.task = task
         self.adapter = adapter
-        config = loaded.model.get_base_model().config if hasattr(loaded.model, "get_base_model") else loaded.model.config
-        self.encoder = PromptEncoder(loaded.processor, config.video_token_id, loaded.layout.merge_size)
-        self.end_ids = _end_ids(loaded)
+        base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+        self.encoder = PromptEncoder(loaded.processor, base.config.video_token_id, loaded.layout.merge_size)
+        self.stop = stop_tokens(base.generation_config, loaded.tokenizer)
+        self.end_ids = self.stop.end_ids
         self.trie = AnswerTrie.for_tokenizer(loaded.tokenizer, self.end_ids)
 
     def generate(self, videos: Sequence[PreparedVideo]) -> list[Answer]:
@@ -98,20 +119,16 @@ class AnswerGenerator:
         prompt_length = batch["input_ids"].shape[1]
 
         s = self.settings
-        options: dict = {"pad_token_id": loaded.tokenizer.pad_token_id, "eos_token_id": self.end_ids,
-                         "suppress_tokens": self.encoder.placeholder_ids()}
+        options = generation_options(self.stop, self.encoder.placeholder_ids())
         samples = 1
         if s.decoding == "constrained":
-            options.update(do_sample=False, max_new_tokens=self.trie.max_new_tokens,
+            options.update(greedy_options(self.trie.max_new_tokens),
                            prefix_allowed_tokens_fn=self.trie.prefix_function(prompt_length))
         elif s.decoding == "greedy":
-            options.update(do_sample=False, max_new_tokens=s.max_new_tokens)
+            options.update(greedy_options(s.max_new_tokens))
         else:
             samples = s.num_samples
             options.update(reference_sampling(s.max_new_tokens, samples, s.temperature))
-        if s.decoding == "constrained" or s.decoding == "greedy":
-            # Silence the checkpoint's sampling defaults, which do not apply to greedy search.
-            options.update(temperature=None, top_k=None, top_p=None)
 
         with loaded.lock, torch.inference_mode():
             if self.adapter is None:

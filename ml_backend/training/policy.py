@@ -25,7 +25,7 @@ from ..model.loading import TINY_WARNING, Runtime, choose_runtime, patch_layout
 from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
 from ..prompts import Task
-from ..scoring.generation import TOP_K, TOP_P, reference_sampling
+from ..scoring.generation import TOP_K, TOP_P, generation_options, greedy_options, reference_sampling, stop_tokens
 from ..scoring.inputs import PromptEncoder
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
@@ -78,10 +78,10 @@ class Policy:
         config = model.get_base_model().config
         # Training prompts carry no "Video 1: " id (SPEC section 2).
         self.prompts = PromptEncoder(processor, int(config.video_token_id), self.layout.merge_size)
-        generation = model.get_base_model().generation_config
-        eos = generation.eos_token_id
-        self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-        self.pad_id = int(generation.pad_token_id if generation.pad_token_id is not None else self.eos_ids[0])
+        # the serving path's end and pad tokens (one generation stack: scoring.generation)
+        self.stop = stop_tokens(model.get_base_model().generation_config, processor.tokenizer)
+        self.eos_ids = self.stop.end_ids
+        self.pad_id = self.stop.pad_id
         self._trie: AnswerTrie | None = None  # the answer trie of constrained_score, built on first use
 
     # --- loading ---------------------------------------------------------------------------------
@@ -165,8 +165,7 @@ class Policy:
         generation_config.json (Qwen2.5-VL ships repetition_penalty 1.05 there).
         """
         sequences = self._generate(prompt, use_adapter=use_adapter,
-                                   generation_config=rollout_generation_config(temperature, max_new_tokens, count),
-                                   suppress_tokens=self.prompts.placeholder_ids())
+                                   generation_config=rollout_generation_config(temperature, max_new_tokens, count))
         tokens = sequences[:, prompt.input_ids.shape[1]:]
         mask = completion_mask(tokens, self.eos_ids)
         lengths = mask.sum(dim=1).long().tolist()
@@ -191,8 +190,7 @@ class Policy:
             except VideoError as exc:
                 log.warning("no %s score for %s: %s", task, video, exc)
                 continue
-            sequences = self._generate(prompt, use_adapter=use_adapter, **reference_sampling(max_new_tokens, samples),
-                                       suppress_tokens=self.prompts.placeholder_ids())
+            sequences = self._generate(prompt, use_adapter=use_adapter, **reference_sampling(max_new_tokens, samples))
             tokens = sequences[:, prompt.input_ids.shape[1]:]
             lengths = completion_mask(tokens, self.eos_ids).sum(dim=1).long().tolist()
             texts = [self.processor.tokenizer.decode(row[:n], skip_special_tokens=True)
@@ -211,8 +209,7 @@ class Policy:
 
         if self._trie is None:
             self._trie = AnswerTrie.for_tokenizer(self.processor.tokenizer, self.eos_ids)
-        sequences = self._generate(prompt, use_adapter=use_adapter, do_sample=False, temperature=None, top_k=None,
-                                   top_p=None, max_new_tokens=self._trie.max_new_tokens,
+        sequences = self._generate(prompt, use_adapter=use_adapter, **greedy_options(self._trie.max_new_tokens),
                                    prefix_allowed_tokens_fn=self._trie.prefix_function(prompt.input_ids.shape[1]))
         text = self.processor.tokenizer.decode(sequences[0, prompt.input_ids.shape[1]:], skip_special_tokens=True)
         return float(parse_scores([text])[0])
@@ -226,8 +223,8 @@ class Policy:
                 return self.model.generate(
                     input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
                     pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
-                    second_per_grid_ts=[prompt.second_per_grid], eos_token_id=self.eos_ids,
-                    pad_token_id=self.pad_id, **options)
+                    second_per_grid_ts=[prompt.second_per_grid],
+                    **generation_options(self.stop, self.prompts.placeholder_ids()), **options)
         finally:
             self.model.train(was_training)
 
