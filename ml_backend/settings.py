@@ -143,6 +143,10 @@ class PrioritySettings(BaseSettings):
         10.0, ge=0, description="Quiet period after scoring or label events before the queue is re-ordered "
         "(at most 5x this while events keep coming).",
     )
+    task_fields: bool = Field(
+        True, description="Write each task's queue rank and difficulty into its data (mdsvqa_rank, "
+        "mdsvqa_difficulty) so the Data Manager shows them as columns; a label re-writes the ranks that moved.",
+    )
 
 
 REFERENCE_GEOMETRY = {"quality": (2, 16), "difficulty": (8, 64)}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from ml_backend.prioritize.order import new_prediction_priority
 from tests.backend_fakes import FakeServer
 from tests.labelstudio_support import REPO, LabelStudio, read_backend_events, start_backend, stop_process, wait_for
 from tests.media import SHARED_VIDEO_NAMES
@@ -145,7 +146,7 @@ def test_retrieve_predictions_gives_every_good_video_a_difficulty(label_studio, 
         assert (result["from_name"], result["to_name"], result["type"]) == ("difficulty", "video", "number")
         difficulty = result["value"]["number"]
         assert 1.0 <= difficulty <= 5.0
-        assert prediction["score"] == pytest.approx((difficulty - 1) / 4, abs=1e-3)
+        assert prediction["score"] == new_prediction_priority(difficulty, task_id), "the score the queue gives it"
     health = backend.current.health()
     assert health["status"] == "UP" and health["model"] == "ready"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ml_backend.prioritize.order import new_prediction_priority
 from ml_backend.server.app import create_app
 from ml_backend.server.auth import WEBHOOK_SECRET_HEADER
 from ml_backend.server.service import BackendService
@@ -137,12 +138,13 @@ def test_predict_one_result_per_task_in_order(make_backend):
     assert response.status_code == 200
     results = response.json["results"]
     assert len(results) == 3
-    for result, name in zip(results, ["b.mp4", "a.mp4", "c.mp4"]):
+    for result, name, task_id in zip(results, ["b.mp4", "a.mp4", "c.mp4"], [10, 11, 12]):
         difficulty = round(FakeScorer.difficulty_of(GOOD[name]), 2)
         assert result["model_version"] == FAKE_VERSION
         assert result["result"] == [{"from_name": "difficulty", "to_name": "video", "type": "number",
                                      "value": {"number": difficulty}}]
-        assert result["score"] == pytest.approx((difficulty - 1) / 4, abs=1e-3)
+        # the score is the queue priority an ordering pass gives the task when it is not picked (not a confidence)
+        assert result["score"] == new_prediction_priority(difficulty, task_id)
     assert "errors" not in response.json
 
 
@@ -164,7 +166,8 @@ def test_same_video_in_two_tasks_is_scored_once(make_backend):
     client, _, scorer = make_backend()
     wait_ready(client)
     results = predict(client, [task(1, "a.mp4"), task(2, "a.mp4")]).json["results"]
-    assert results[0] == results[1]
+    assert results[0]["result"] == results[1]["result"]
+    assert results[0]["score"] > results[1]["score"], "same difficulty: the older task first in the queue"
     assert sum(names.count("a.mp4") for names in scorer.calls) == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from ml_backend.prioritize.features import FeatureRecorder, FeatureRequest, Feat
 from ml_backend.prioritize.order import (
     PICK_FLOOR,
     default_budget,
+    new_prediction_priority,
     pick_priority,
     queue_order,
     rest_priority,
@@ -29,12 +31,14 @@ from ml_backend.prioritize.run import (
     PriorityInterruptedError,
     prioritize_project,
 )
+from ml_backend.prioritize.view import DIFFICULTY_FIELD, RANK_FIELD, column_ids, hidden_columns, view_data
 from selection.lambdas import CLIP_RN101_OPENAI
 from tests.conditions import wait_for
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 VERSION = "V2"
 LS = Connection("http://ls.invalid:8080", "token")
+DM_COLUMNS = json.loads((Path(__file__).parent / "data" / "dm_columns_ls_1.23.2.json").read_text())["columns"]
 
 
 # -- the order and its scores -----------------------------------------------------------------------
@@ -92,6 +96,17 @@ def test_priority_helpers_refuse_bad_input():
         pick_priority(3, 3)
     assert rest_sort_key(7.5, 1) == rest_sort_key(5.0, 1), "clamped to the 1-5 scale"
     assert rest_priority(1.0, 2**40 - 1) > 0 and rest_priority(5.0, 1) < PICK_FLOOR
+
+
+def test_a_new_prediction_carries_the_score_the_queue_gives_it():
+    """/predict's score (Send Test Request, Retrieve predictions) equals what a pass writes for a non-pick."""
+    difficulty = {3: 2.0, 4: 4.25, 9: 2.0}
+    order = queue_order([4], difficulty)
+    for entry in order[1:]:
+        assert new_prediction_priority(difficulty[entry.task_id], entry.task_id) == entry.priority
+    assert new_prediction_priority(2.0, 3) > new_prediction_priority(2.0, 9)
+    assert new_prediction_priority(2.0, 9) < new_prediction_priority(2.0, None) < new_prediction_priority(2.01, 3)
+    assert new_prediction_priority(5.0, None) < PICK_FLOOR
 
 
 @pytest.mark.parametrize(("pool", "fraction", "expected"), [(0, 0.05, 0), (1, 0.05, 1), (20, 0.05, 1),
@@ -190,6 +205,8 @@ class FakeLabelStudio:
         self._tasks = {t.id: t for t in tasks}
         self.view_list: list[dict] = []
         self.writes: list[tuple[int, float]] = []
+        self.data_writes: list[int] = []
+        self.columns_asked = 0
         self.fail_after: int | None = None
         self.version_set: list[str] = []
 
@@ -213,6 +230,17 @@ class FakeLabelStudio:
             predictions = [TaskPrediction(p.id, p.model_version, score, p.result) if p.id == prediction_id else p
                            for p in task.predictions]
             self._tasks[task_id] = ProjectTask(task.id, task.data, task.labeled, predictions)
+
+    def set_task_data(self, task_id, data):
+        if self.fail_after is not None and len(self.writes) + len(self.data_writes) >= self.fail_after:
+            raise LabelStudioApiError("update: Label Studio answered 502", status=502, transient=True)
+        self.data_writes.append(task_id)
+        task = self._tasks[task_id]
+        self._tasks[task_id] = ProjectTask(task.id, dict(data), task.labeled, task.predictions)
+
+    def dm_columns(self, project_id):
+        self.columns_asked += 1
+        return DM_COLUMNS
 
     def label(self, task_id):
         task = self._tasks[task_id]
@@ -280,13 +308,22 @@ def test_pass_orders_picks_then_difficulty_and_labeled_tasks_seed(tmp_path):
     scores = [ls.score(t)[0] for t in summary.queue]
     assert all(a > b for a, b in itertools.pairwise(scores)) and scores[0] == 1.0 and scores[-1] > 0
     assert ls.score(7) == [0.0], "a labeled task leaves the queue (score 0)"
-    assert ls.view_list == [{"id": 10, "project": 1, "data": {"title": VIEW_TITLE, "ordering": VIEW_ORDERING}}]
+    (view,) = ls.view_list
+    assert view["data"] == view_data(VIEW_TITLE, VIEW_ORDERING, DM_COLUMNS)
     assert (summary.view_id, summary.view_action) == (10, "created")
+    ranks = {t: ls._tasks[t].data.get(RANK_FIELD) for t in ls._tasks}
+    assert [ranks[t] for t in summary.queue] == list(range(1, len(summary.queue) + 1)), "rank = place in the queue"
+    assert ranks[7] is None and ranks[8] is None, "labeled tasks have no rank"
+    shown = {t: ls._tasks[t].data.get(DIFFICULTY_FIELD) for t in ls._tasks}
+    assert shown == {**{t: f"{d:.2f}" for t, d in difficulty.items()}, 7: "4.80", 8: None}
+    assert all(ls._tasks[t].data["video"] == f"/data/upload/1/v{t}.mp4" for t in ls._tasks), "task data kept"
     for task_id in difficulty:  # the Number control keeps the difficulty
         assert ls._tasks[task_id].predictions[0].result[0]["value"]["number"] == difficulty[task_id]
 
+    data_writes = len(ls.data_writes)
     again = prioritize_project(ls, 1, model_version=VERSION, features=source, budget=3, lam=2.0)
     assert again.queue == summary.queue and again.updated == 0 and again.view_action == "unchanged"
+    assert again.fields_updated == 0 and len(ls.data_writes) == data_writes, "unchanged fields are not written"
 
     ls.label(expected[0])
     writes = len(ls.writes)
@@ -295,6 +332,8 @@ def test_pass_orders_picks_then_difficulty_and_labeled_tasks_seed(tmp_path):
                                           seeds=sorted([7, 8, expected[0]]))
     assert ls.score(expected[0]) == [0.0]
     assert len(ls.writes) - writes <= 3 + 2, "only the picks (and the newly labeled task) are rewritten"
+    assert [ls._tasks[t].data.get(RANK_FIELD) for t in third.queue] == list(range(1, len(third.queue) + 1))
+    assert RANK_FIELD not in ls._tasks[expected[0]].data, "the newly labeled task leaves the queue"
 
 
 def test_tasks_without_difficulty_or_features_are_reported(tmp_path):
@@ -352,6 +391,14 @@ def test_interrupted_writes_say_so_and_a_rerun_finishes(tmp_path):
     ls.fail_after = None
     summary = prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
     assert summary.updated == 4 and summary.unchanged == 2 and summary.view_action == "created"
+    assert summary.fields_updated == 6
+
+    ls = FakeLabelStudio([_task(t, 1 + t / 2) for t in range(1, 4)])
+    ls.fail_after = 4  # 3 scores, then the first task's fields
+    with pytest.raises(PriorityInterruptedError, match="1 of 3 task rank/difficulty"):
+        prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0)
+    ls.fail_after = None
+    assert prioritize_project(ls, 1, model_version=VERSION, features=None, budget=0).fields_updated == 2
 
 
 def test_an_edited_view_gets_its_ordering_back_and_keeps_the_rest():
@@ -364,6 +411,34 @@ def test_an_edited_view_gets_its_ordering_back_and_keeps_the_rest():
     assert ls.view_list[1]["data"] == {"title": VIEW_TITLE, "ordering": VIEW_ORDERING,
                                        "hiddenColumns": {"explore": ["tasks:inner_id"]}}
     assert ls.view_list[0]["data"]["ordering"] == ["tasks:id"]
+    assert ls.columns_asked == 0, "columns someone chose are kept"
+
+
+def test_a_view_of_an_older_version_gets_its_columns_and_title():
+    """Views created without hiddenColumns show most columns empty in Label Studio 1.23.2."""
+    ls = FakeLabelStudio([_task(1, 2.0)])
+    ls.view_list = [{"id": 5, "data": {"title": "MDS-VQA priority", "ordering": VIEW_ORDERING,
+                                       "columnsDisplayType": {"tasks:data.video": "String"}}}]
+    summary = prioritize_project(ls, 1, model_version=VERSION, features=None)
+    assert (summary.view_id, summary.view_action) == (5, "updated")
+    data = ls.view_list[0]["data"]
+    assert data["title"] == VIEW_TITLE and data["hiddenColumns"] == hidden_columns(DM_COLUMNS)
+    assert data["columnsDisplayType"] == {"tasks:data.video": "String", f"tasks:data.{RANK_FIELD}": "Number"}
+
+
+def test_hidden_columns_have_label_studios_format_and_leave_ours_visible():
+    hidden = hidden_columns(DM_COLUMNS)
+    assert set(hidden) == {"explore", "labeling"}
+    every = {ident for ident, _ in column_ids(DM_COLUMNS)}
+    assert "tasks:data" not in every and "tasks:data.video" in every and "tasks:predictions_score" in every
+    assert set(hidden["explore"]) | set(hidden["labeling"]) <= every
+    # Label Studio computes a column unless it is hidden in both modes
+    computed = every - (set(hidden["explore"]) & set(hidden["labeling"]))
+    for wanted in ("tasks:predictions_score", "tasks:predictions_model_versions", "tasks:file_upload",
+                   f"tasks:data.{RANK_FIELD}", f"tasks:data.{DIFFICULTY_FIELD}", "tasks:data.video"):
+        assert wanted in computed and wanted not in hidden["explore"], wanted
+    assert "tasks:predictions_results" in hidden["explore"], "the difficulty has its own column, not the JSON blob"
+    assert f"tasks:data.{RANK_FIELD}" not in hidden["labeling"]
 
 
 # -- debounced background passes ------------------------------------------------------------------

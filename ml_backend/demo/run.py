@@ -22,10 +22,10 @@ from ..errors import MdsVqaError
 from ..labelstudio.client import Connection, LabelStudioApi
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.predictions import control_numbers
+from ..prioritize.view import VIEW_TITLE, VIEW_TITLE_PREFIX
 from .pool import derive_pool
 from .processes import REPO, BackendService, LabelStudioService, start_backend, start_label_studio
 
-VIEW_TITLE = "MDS-VQA priority"
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 
 
@@ -166,7 +166,7 @@ def run_demo(options: DemoOptions) -> int:
         _report(studio_service, project, options.budget, cache_dir=workdir / "cache", base=base, adapter=adapter,
                 env=tiny_env,
                 out=workdir / "report.html")
-        view = next(v for v in studio.views(project) if v["data"].get("title") == VIEW_TITLE)
+        view = next(v for v in studio.views(project) if str(v["data"].get("title")).startswith(VIEW_TITLE_PREFIX))
         queue = studio.tasks_in_view(project, view["id"])
         _print_queue(studio_service, project, queue, options.show)
         print(f"  report: {workdir / 'report.html'} (mdsvqa report --project {project})\n", flush=True)

@@ -261,6 +261,10 @@ class LabelStudioApi:
         self._call(f"update the score of prediction {prediction_id}", self._sdk.predictions.update, prediction_id,
                    score=score)
 
+    def set_task_data(self, task_id: int, data: dict[str, Any]) -> None:
+        """Replace a task's ``data`` (the whole dict: Label Studio does not merge it)."""
+        self._call(f"update the data of task {task_id}", self._sdk.tasks.update, str(task_id), data=data)
+
     def tasks_in_view(self, project_id: int, view: int | None = None, *, page_size: int = 10000) -> list[dict]:
         """Tasks as the Data Manager lists them (in ``view``'s order), as plain JSON."""
         params: dict[str, Any] = {"project": project_id, "page_size": page_size, "fields": "all"}
@@ -304,6 +308,13 @@ class LabelStudioApi:
         found = self.request_json("GET", "/api/dm/views/", f"list views of project {project_id}",
                                   params={"project": project_id})
         return [view for view in found or [] if isinstance(view, dict)]
+
+    def dm_columns(self, project_id: int) -> list[dict]:
+        """The Data Manager's columns of a project (``/api/dm/columns``), as the frontend gets them."""
+        found = self.request_json("GET", "/api/dm/columns/", f"list Data Manager columns of project {project_id}",
+                                  params={"project": project_id})
+        columns = (found or {}).get("columns") if isinstance(found, dict) else None
+        return [column for column in columns or [] if isinstance(column, dict)]
 
     def create_view(self, project_id: int, data: dict) -> dict:
         return dict(self.request_json("POST", "/api/dm/views/", f"create a view in project {project_id}",

@@ -38,8 +38,13 @@ def control_value(difficulty: float, config: ProjectConfig) -> float:
     return round(min(high, max(low, difficulty)), 2)
 
 
-def build_prediction(difficulty: float, config: ProjectConfig, model_version: str) -> dict[str, Any]:
-    """One prediction for one task, in the list form Label Studio expects for a Number control."""
+def build_prediction(difficulty: float, config: ProjectConfig, model_version: str, *,
+                     score: float | None = None) -> dict[str, Any]:
+    """One prediction for one task, in the list form Label Studio expects for a Number control.
+
+    ``score``: the prediction-level score; the backend passes the task's queue priority
+    (``prioritize.order``), which is not a confidence. Default: the difficulty rescaled.
+    """
     return {
         "result": [
             {
@@ -49,7 +54,7 @@ def build_prediction(difficulty: float, config: ProjectConfig, model_version: st
                 "value": {"number": control_value(difficulty, config)},
             }
         ],
-        "score": labeling_priority(difficulty),
+        "score": labeling_priority(difficulty) if score is None else score,
         "model_version": model_version,
     }
 

@@ -27,6 +27,7 @@ from typing import Any
 from ..labelstudio.client import SEQUENTIAL, Connection, api_for
 from ..settings import PrioritySettings
 from .features import FeatureRecorder, FeatureSource, FeatureStore, feature_computer
+from .order import new_prediction_priority
 from .run import VIEW_TITLE, PrioritySummary, prioritize_project
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class BackendPriority:
         self._warned: set[int] = set()
         self._last_predict: dict[int, float] = {}
         self._lock = threading.Lock()
-        self.last: dict[int, PrioritySummary] = {}
+        self.last: dict[int, PrioritySummary] = {}  # the latest pass of each project (status page, report)
+        self._priorities: dict[int, tuple[str, dict[int, float]]] = {}  # project -> (version, task -> score)
         self._ask = ask
         self._passes = None
         if registry is not None:
@@ -94,7 +96,8 @@ class BackendPriority:
             summary = prioritize_project(
                 api_for(connection), project_id, model_version=scorer.model_version, features=source,
                 budget=self.settings.budget, budget_fraction=self.settings.budget_fraction,
-                lam=self.settings.diversity_lambda, device=_selection_device(scorer))
+                lam=self.settings.diversity_lambda, device=_selection_device(scorer),
+                task_fields=self.settings.task_fields)
         except Exception:
             if self._passes is not None:
                 self._passes.labels("error").inc()
@@ -103,6 +106,7 @@ class BackendPriority:
             self._passes.labels("ok").inc()
             self._scores.inc(summary.updated)
         self.last[project_id] = summary
+        self._priorities[project_id] = (summary.model_version, {e.task_id: e.priority for e in summary.order})
         self._report(project_id, summary)
         with self._lock:
             recent = time.monotonic() - self._last_predict.get(project_id, -RECENT_PREDICT_S) < RECENT_PREDICT_S
@@ -110,6 +114,14 @@ class BackendPriority:
             # predictions are still being scored, pushed or stored: order again once they are in
             self._ask(project_id, "late predictions", max(self.settings.debounce_s, BUSY_RECHECK_S))
         return summary
+
+    def score_for(self, project_id: int | None, task_id: object, difficulty: float, version: str) -> float:
+        """The prediction score to answer with: the task's place from the last pass of this version if it
+        ordered the task (a test request for an ordered task), else what the next pass gives it."""
+        known = self._priorities.get(project_id) if project_id is not None else None
+        if known is not None and known[0] == version and isinstance(task_id, int) and task_id in known[1]:
+            return known[1][task_id]
+        return new_prediction_priority(round(difficulty, 2), task_id)  # the Number control's value, as passes read it
 
     def _report(self, project_id: int, summary: PrioritySummary) -> None:
         groups = (("tasks left unscored (no usable prediction of this version)", summary.without_difficulty),

@@ -61,6 +61,16 @@ def rest_priority(difficulty: float, task_id: int) -> float:
     return PICK_FLOOR * (difficulty_level(difficulty) + 1 - task_id / _ID_SCALE) / _LEVELS
 
 
+def new_prediction_priority(difficulty: float, task_id: object) -> float:
+    """The score a new prediction carries (/predict, pushes): the one the next pass gives it unless picked.
+
+    Without a usable task id, the band's value for the difficulty alone (as if the id were 1/2).
+    """
+    if isinstance(task_id, int) and not isinstance(task_id, bool) and 0 < task_id < _ID_SCALE:
+        return rest_priority(difficulty, task_id)
+    return PICK_FLOOR * (difficulty_level(difficulty) + 1 - 0.5 / _ID_SCALE) / _LEVELS
+
+
 def rest_sort_key(difficulty: float, task_id: int) -> tuple[int, int]:
     """Sort key of the tasks after the picks: difficulty (two decimals) descending, then task id."""
     return (-difficulty_level(difficulty), task_id)

@@ -16,9 +16,13 @@
 5. Each task's prediction of the model version gets its queue score by PATCH (only where
    it changed; the Number control's difficulty is left as it is; nothing is created, so
    no duplicates and no placeholders). Labeled tasks get 0.
-6. The view "MDS-VQA priority" (ordering ``-tasks:predictions_score``) is created, or its
-   ordering restored. Under Sequential sampling ``/api/projects/{id}/next?view=<id>``
-   serves tasks in the queue's order.
+6. Each task's data gets its queue rank and difficulty (``view.py``: ``mdsvqa_rank``,
+   ``mdsvqa_difficulty``), again only where they changed, so the Data Manager shows them
+   as columns (the score is the priority, not a confidence, and looks alike at three decimals).
+7. The view "MDS-VQA priority ..." (ordering ``-tasks:predictions_score``) is created with
+   its columns (``hiddenColumns``: Label Studio computes only the columns a view lists as
+   visible), or its ordering restored. Under Sequential sampling
+   ``/api/projects/{id}/next?view=<id>`` serves tasks in the queue's order.
 
 The model_version trap: Label Studio averages ``predictions_score`` over predictions of
 the project's ``model_version`` only. The scores are written on the predictions of that
@@ -44,11 +48,19 @@ from ..labelstudio.media import media_key
 from ..labelstudio.predictions import DIFFICULTY_MAX, DIFFICULTY_MIN, control_numbers
 from .features import FeatureRequest, FeatureSource, LoadedTaskFeatures
 from .order import LABELED_PRIORITY, QueueEntry, default_budget, queue_order
+from .view import (
+    DISPLAY_TYPES,
+    VIEW_ORDERING,
+    VIEW_TITLE,
+    VIEW_TITLE_PREFIX,
+    hidden_columns,
+    view_data,
+    wanted_fields,
+    with_fields,
+)
 
 log = logging.getLogger(__name__)
 
-VIEW_TITLE = "MDS-VQA priority"
-VIEW_ORDERING = ["-tasks:predictions_score"]
 SCORE_TOLERANCE = 1e-12  # a stored score this close to the wanted one is left alone
 
 
@@ -90,6 +102,14 @@ class PrioritySummary:
     extractor: str | None = None  # the features' extractor identity
     lam: float | None = None  # lambda the picks used (None: no pick was made)
     lam_source: str = ""
+    predicted: int = 0  # tasks (labeled or not) holding a prediction of the model version
+    fields_updated: int = 0  # tasks whose rank/difficulty fields were written
+    finished: float = 0.0  # wall-clock time the pass ended (status page)
+
+    @property
+    def ranks(self) -> dict[int, int]:
+        """Queue position of each ordered task, 1 = labeled next."""
+        return {entry.task_id: rank for rank, entry in enumerate(self.order, start=1)}
 
     @property
     def queue(self) -> list[int]:
@@ -109,6 +129,7 @@ class PrioritySummary:
             f"  features:                     {self.extractor or '-'}"
             f"{f', lambda {self.lam:g} ({self.lam_source})' if self.lam is not None else ''}",
             f"  prediction scores written:    {self.updated} ({self.unchanged} already right)",
+            f"  task rank/difficulty written: {self.fields_updated}",
             f"  view:                         {VIEW_TITLE!r}, id {self.view_id} ({self.view_action})",
         ]
         if self.features_computed:
@@ -185,30 +206,63 @@ def _select(candidates: list[int], seeds: list[int], difficulty: dict[int, float
     return [candidates[int(i)] for i in result.picks], result.budget_clipped, steps
 
 
+def _is_priority_view(view: dict) -> bool:
+    return str((view.get("data") or {}).get("title") or "").startswith(VIEW_TITLE_PREFIX)
+
+
 def ensure_view(client: LabelStudioApi, project_id: int) -> tuple[int, str]:
-    """The project's "MDS-VQA priority" view, created or its ordering put back; (id, what was done)."""
-    mine = sorted((v for v in client.views(project_id) if (v.get("data") or {}).get("title") == VIEW_TITLE),
-                  key=lambda v: int(v.get("id", 0)))
+    """The project's "MDS-VQA priority" view, created or its ordering put back; (id, what was done).
+
+    A new view gets its columns (``view.view_data``); an existing one keeps the columns someone
+    chose, and gets ours only when it has none (views of older versions: Label Studio then
+    computes only the sort key, so most columns show empty). Its title is brought up to date.
+    """
+    mine = sorted((v for v in client.views(project_id) if _is_priority_view(v)), key=lambda v: int(v.get("id", 0)))
     if not mine:
-        view = client.create_view(project_id, {"title": VIEW_TITLE, "ordering": list(VIEW_ORDERING)})
+        view = client.create_view(project_id, view_data(VIEW_TITLE, VIEW_ORDERING, client.dm_columns(project_id)))
         return int(view["id"]), "created"
     view = mine[0]
     data = dict(view.get("data") or {})
-    if data.get("ordering") == VIEW_ORDERING:
-        return int(view["id"]), "unchanged"
+    before = dict(data)
+    data["title"] = VIEW_TITLE
     data["ordering"] = list(VIEW_ORDERING)
+    if not data.get("hiddenColumns"):
+        data["hiddenColumns"] = hidden_columns(client.dm_columns(project_id))
+        data["columnsDisplayType"] = {**DISPLAY_TYPES, **(data.get("columnsDisplayType") or {})}
+    if data == before:
+        return int(view["id"]), "unchanged"
     client.update_view(int(view["id"]), project_id, data)
     return int(view["id"]), "updated"
+
+
+def _write_fields(client: LabelStudioApi, tasks: list[ProjectTask], summary: PrioritySummary,
+                  difficulty: dict[int, float]) -> None:
+    """Rank and difficulty into each task's data, where they differ from what it holds."""
+    ranks = summary.ranks
+    changes = []
+    for task in tasks:
+        data = with_fields(task.data, wanted_fields(ranks, difficulty, task.id))
+        if data is not None:
+            changes.append((task.id, data))
+    for task_id, data in changes:
+        try:
+            client.set_task_data(task_id, data)
+        except LabelStudioApiError as exc:
+            raise PriorityInterruptedError(
+                f"{exc} (after the scores and {summary.fields_updated} of {len(changes)} task rank/difficulty "
+                "fields were written; run again to finish)", status=exc.status, transient=exc.transient) from exc
+        summary.fields_updated += 1
 
 
 def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version: str | None = None,
                        features: FeatureSource | None = None, budget: int | None = None,
                        budget_fraction: float = 0.05, lam: float | None = None, device: str = "cpu",
                        set_project_version: bool = True, write: bool = True,
-                       keep_frames: bool = False) -> PrioritySummary:
+                       keep_frames: bool = False, task_fields: bool = True) -> PrioritySummary:
     """Order the project's unlabeled tasks and write the order into Label Studio (see module doc).
 
     ``write=False`` computes the same order and changes nothing in Label Studio (reports);
+    ``task_fields=False`` leaves task data alone (no rank/difficulty columns);
     ``keep_frames`` keeps each task's features in the summary. ``lam`` None: the default of
     the features' extractor (0.25 CLIP RN101, 0.075 SigLIP2; none for vision-tower features,
     which then refuse to be picked from with a PriorityError saying why).
@@ -231,6 +285,7 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
     summary.tasks = len(tasks)
     current: dict[int, list[TaskPrediction]] = {}
     difficulty: dict[int, float] = {}
+    shown: dict[int, float] = {}  # the difficulty column: every task with a usable prediction, labeled too
     seeds: list[ProjectTask] = []
     pool_tasks: list[ProjectTask] = []
     for task in tasks:
@@ -239,6 +294,9 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
             current[task.id] = mine
         if task.labeled:
             seeds.append(task)
+            labeled_value = difficulty_of(mine[0], config)[0] if mine else None
+            if labeled_value is not None:
+                shown[task.id] = labeled_value
             continue
         if not mine:
             summary.without_difficulty[task.id] = f"no prediction of model version {version}"
@@ -248,7 +306,9 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
             summary.without_difficulty[task.id] = reason
             continue
         difficulty[task.id] = value
+        shown[task.id] = value
         pool_tasks.append(task)
+    summary.predicted = len(current)
     summary.labeled = sorted(task.id for task in seeds)
     summary.pool = len(pool_tasks)
     summary.budget = budget if budget is not None else default_budget(summary.pool, budget_fraction)
@@ -298,6 +358,7 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
         summary.frames = frames
     if not write:
         summary.seconds = time.monotonic() - started
+        summary.finished = time.time()
         return summary
 
     if set_project_version and info.model_version != version and current:
@@ -316,9 +377,12 @@ def prioritize_project(client: LabelStudioApi, project_id: int, *, model_version
                 f"{exc} (after {summary.updated} of {len(changes)} prediction scores were written; run again to "
                 "finish: nothing else was changed)", status=exc.status, transient=exc.transient) from exc
         summary.updated += 1
+    if task_fields:
+        _write_fields(client, tasks, summary, shown)
 
     summary.view_id, summary.view_action = ensure_view(client, project_id)
     summary.seconds = time.monotonic() - started
+    summary.finished = time.time()
     if summary.order:
         log.info("project %s: queue ordered: %d tasks, %d picks, %d scores written (%.1f s)", project_id,
                  len(summary.order), len(summary.picks), summary.updated, summary.seconds)

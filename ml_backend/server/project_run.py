@@ -17,6 +17,7 @@ from ..labelstudio.client import Connection, LabelStudioApiError, api_for
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.media import MediaResolver
 from ..labelstudio.predictions import build_prediction
+from ..prioritize.order import new_prediction_priority
 from ..settings import Settings
 from .actions import PUSH, post_prediction, push_payload
 from .backfill import enqueue_project
@@ -126,7 +127,9 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
                 summary.failed_video += 1
                 log.warning("task %s: no prediction: %s", task_id, outcome.error if outcome else "no outcome")
             else:
-                key, payload = push_payload(task_id, project_id, build_prediction(outcome.difficulty, config, version))
+                score = new_prediction_priority(outcome.difficulty, task_id)  # as the backend's (prioritize.order)
+                key, payload = push_payload(task_id, project_id,
+                                            build_prediction(outcome.difficulty, config, version, score=score))
                 outbox.ask("push", key, payload)
             bar.update(1)
         bar.close()

@@ -312,8 +312,9 @@ class BackendService:
             log.warning("task %s: no prediction stored: %s", target.task_id, outcome.error)
             self.metrics.pushes.labels("skipped_failed").inc()
             return
+        score = self.priority.score_for(target.project_id, target.task_id, outcome.difficulty, model_version)
         key, payload = push_payload(target.task_id, target.project_id,
-                                    build_prediction(outcome.difficulty, target.config, model_version))
+                                    build_prediction(outcome.difficulty, target.config, model_version, score=score))
         self.outbox.ask("push", key, payload)
 
     def _backfill(self, api: LabelStudioApi, project_id: int, config: ProjectConfig, version: str) -> None:
@@ -411,7 +412,8 @@ class BackendService:
 
         def settle(position: int, task_id: Any, outcome: JobOutcome | StoredOutcome, how: str) -> None:
             if outcome.difficulty is not None:
-                results[position] = build_prediction(outcome.difficulty, config, version)
+                score = self.priority.score_for(project_id, task_id, outcome.difficulty, version)  # the queue's
+                results[position] = build_prediction(outcome.difficulty, config, version, score=score)
                 counts[how] += 1
             else:
                 errors.append({"task": task_id, "error": outcome.error})
