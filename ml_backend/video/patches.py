@@ -28,6 +28,12 @@ class PatchLayout:
         return self.patch_size * self.merge_size
 
 
+# Temporal patches normalised per step: the float64/float32 temporaries stay at a few MB
+# instead of several copies of the whole video (each step's values are computed exactly as
+# for the whole video at once: every operation is elementwise or a reordering).
+PATCH_STEP = 8
+
+
 def video_patches(frames: np.ndarray, layout: PatchLayout = PatchLayout()) -> tuple[np.ndarray, np.ndarray]:
     """(T, H, W, 3) uint8 frames -> (patches (t*h*w, 3*tp*p*p) float32, grid (3,) int64).
 
@@ -40,21 +46,48 @@ def video_patches(frames: np.ndarray, layout: PatchLayout = PatchLayout()) -> tu
     if height % factor or width % factor:
         raise ValueError(f"frame size {width}x{height} is not a multiple of {factor}")
     tp, ps, ms = layout.temporal_patch_size, layout.patch_size, layout.merge_size
-
-    # Same arithmetic as the HF processor: rescale in float64, then normalise in float32.
-    pixels = (frames.astype(np.float64) * (1 / 255)).astype(np.float32)
+    grid = video_grid(t_count, height, width, layout)
+    grid_t, grid_h, grid_w = (int(x) for x in grid)
+    rows = grid_h * grid_w  # patches of one temporal patch
+    out = np.empty((grid_t * rows, 3 * tp * ps * ps), dtype=np.float32)
     mean = np.asarray(layout.mean, dtype=np.float32)
     std = np.asarray(layout.std, dtype=np.float32)
-    pixels = ((pixels - mean) / std).transpose(0, 3, 1, 2)  # T, C, H, W
+    for start in range(0, grid_t, PATCH_STEP):
+        steps = min(PATCH_STEP, grid_t - start)
+        chunk = frames[start * tp:(start + steps) * tp]
+        if len(chunk) < steps * tp:  # an odd T: repeat the last frame (after normalising: same values)
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], steps * tp - len(chunk), axis=0)])
+        # Same arithmetic as the HF processor: rescale in float64, then normalise in float32.
+        pixels = (chunk.astype(np.float64) * (1 / 255)).astype(np.float32)
+        pixels = ((pixels - mean) / std).transpose(0, 3, 1, 2)  # T, C, H, W
+        blocks = pixels.reshape(steps, tp, 3, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
+        blocks = blocks.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        out[start * rows:(start + steps) * rows] = blocks.reshape(steps * rows, 3 * tp * ps * ps)
+    return out, grid
 
-    remainder = t_count % tp
-    if remainder:
-        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], tp - remainder, axis=0)])
-    grid_t, grid_h, grid_w = pixels.shape[0] // tp, height // ps, width // ps
-    blocks = pixels.reshape(grid_t, tp, 3, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
-    blocks = blocks.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    flat = np.ascontiguousarray(blocks).reshape(grid_t * grid_h * grid_w, 3 * tp * ps * ps)
-    return flat, np.array([grid_t, grid_h, grid_w], dtype=np.int64)
+
+def video_grid(num_frames: int, height: int, width: int, layout: PatchLayout = PatchLayout()) -> np.ndarray:
+    """``video_grid_thw`` of ``num_frames`` frames of height x width (multiples of patch*merge).
+
+    An odd frame count is padded to the next multiple of the temporal patch (ceiling), as
+    :func:`video_patches` does.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    tp, ps = layout.temporal_patch_size, layout.patch_size
+    return np.array([-(-num_frames // tp), height // ps, width // ps], dtype=np.int64)
+
+
+def planned_token_count(num_frames: int, height: int, width: int, layout: PatchLayout = PatchLayout()) -> int:
+    """Visual tokens a video of ``num_frames`` frames at height x width becomes in the model.
+
+    Known before any pixel is read (from the sampling plan): ceil(T / temporal patch) x
+    (H / patch) x (W / patch) patches, merged merge x merge into one token each. A 10 min
+    video at 2 fps (768 frames) of 392x280: 384 x 20 x 28 / 4 = 53,760 tokens.
+    """
+    if height % layout.size_factor or width % layout.size_factor:
+        raise ValueError(f"frame size {width}x{height} is not a multiple of {layout.size_factor}")
+    return video_token_count(video_grid(num_frames, height, width, layout), layout.merge_size)
 
 
 def video_token_count(grid_thw: np.ndarray, merge_size: int = 2) -> int:
