@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-check run lint test bench docker-check clean
+.PHONY: setup browser demo demo-check run lint test bench docker-check clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
@@ -21,7 +21,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Debian's chromium + chromium-driver for the browser tests (a no-op once installed)
+browser:
+	@scripts/install_chromium.sh
+
+test: lint browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

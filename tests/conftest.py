@@ -76,3 +76,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A fresh headless Chromium driven by selenium (tests/browser.py); skipped when not installed, except in CI."""
+    from tests.browser import open_browser
+
+    yield from open_browser(tmp_path)

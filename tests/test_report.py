@@ -91,3 +91,18 @@ def test_report_prints_the_reference_diagnostic_with_labels(tmp_path):
     whole = evaluate([f[n]["score"] for n in names], [mos[n] for n in names])
     assert f"quality model on all labeled videos: SRCC {whole.srcc:.4f}, PLCC {whole.plcc:.4f} (n=24)" in html
     assert "quality model on the picks: SRCC " in html and "(n=6)" in html
+
+
+def test_budget_curve_points_follow_labels_spent():
+    from ml_backend.report.data import VersionRow, budget_points
+    from ml_backend.report.versions import labels_spent
+
+    rows = [VersionRow("d2", "difficulty", True, "2026-01-02", {"srcc": 0.45}, {"srcc": 0.53}, 26),
+            VersionRow("d1", "difficulty", False, "2026-01-01", {"srcc": 0.41}, {"srcc": 0.45}, 12),
+            VersionRow("q1", "quality", True, "2026-01-01", {"srcc": 0.3}, {"srcc": None}, 12),
+            VersionRow("d0", "difficulty", False, "2025-12-31", None, {"srcc": 0.2}, None)]
+    assert budget_points(rows) == {"difficulty": [(0, 0.41), (12, 0.45), (26, 0.53)]}
+    assert labels_spent({"settings": {"labels": {"train": 8, "held_out": 4, "source": 100}}}) == 12
+    assert labels_spent({"settings": {}}) is None and labels_spent({"settings": {"labels": {"train": True}}}) is None
+    page = render(ReportData(title="t", difficulty={"a": 2.0}, failed={}, embeddings={}, versions=rows))
+    assert "Budget curve" in page and page.count("data:image/png;base64,") == 2

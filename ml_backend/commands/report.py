@@ -73,11 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _project_data(args: argparse.Namespace):
     """A project as the backend sees it: predictions, kept features, and the order it would compute."""
-    from pathlib import PurePosixPath
-    from urllib.parse import urlparse
-
     from ..prioritize.run import prioritize_project
-    from ..report.data import PickRow, ReportData
+    from ..report.project import project_report_data
     from ..settings import load_settings
     from .prioritize import open_project, with_extractor
 
@@ -94,22 +91,8 @@ def _project_data(args: argparse.Namespace):
     finally:
         resolver.close()
 
-    def name(task_id: int) -> str:
-        path = urlparse(summary.media.get(task_id, "")).path or summary.media.get(task_id, "")
-        return f"task {task_id}: {PurePosixPath(path).name or '?'}"
-
-    data = ReportData(title=args.title if args.title != "Video pool report" else f"Project {args.project}",
-                      difficulty={name(t): d for t, d in summary.difficulty.items()},
-                      failed={name(t): why for t, why in summary.without_difficulty.items()},
-                      embeddings={name(t): f for t, f in summary.frames.items()},
-                      labeled=[name(t) for t in summary.labeled], lam=summary.lam,
-                      picks=[PickRow(rank, name(s.index), s.objective, s.difficulty, s.mean_distance)
-                             for rank, s in enumerate(summary.steps, start=1)])
-    data.notes.append(f"model version {summary.model_version}: {len(summary.labeled)} labeled, "
-                      f"{summary.pool} unlabeled with a difficulty, budget {summary.budget}")
-    if summary.model_version.startswith("TINY-RANDOM-"):
-        data.notes.append("These difficulties come from the tiny random test model: they are meaningless.")
-    return data
+    title = args.title if args.title != "Video pool report" else f"Project {args.project}"
+    return project_report_data(summary, title)
 
 
 def _file_data(args: argparse.Namespace):

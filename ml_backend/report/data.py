@@ -24,6 +24,7 @@ class VersionRow:
     created: str
     before: dict | None
     after: dict | None
+    labels: int | None = None  # labels the version was trained and evaluated with (train + held-out)
 
 
 @dataclass
@@ -37,6 +38,25 @@ class ReportData:
     labeled: list[str] = field(default_factory=list)
     versions: list[VersionRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def budget_points(versions: list[VersionRow]) -> dict[str, list[tuple[int, float]]]:
+    """Per kind: (labels spent, held-out SRCC after training), by labels, for the budget curve.
+
+    Each kind's curve starts at its first version's SRCC before training (the stock or
+    previous model) at 0 labels; versions without a label count or a defined SRCC are left out.
+    """
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in sorted(versions, key=lambda v: v.created):
+        srcc = (row.after or {}).get("srcc")
+        if row.labels is None or not isinstance(srcc, (int, float)) or srcc != srcc:
+            continue
+        points = curves.setdefault(row.kind, [])
+        before = (row.before or {}).get("srcc")
+        if not points and isinstance(before, (int, float)) and before == before:
+            points.append((0, float(before)))
+        points.append((int(row.labels), float(srcc)))
+    return {kind: sorted(points) for kind, points in curves.items()}
 
 
 def video_means(embeddings: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -7,7 +7,7 @@ import html
 import math
 
 from . import plots
-from .data import ReportData
+from .data import ReportData, budget_points
 
 _STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 980px;
@@ -72,14 +72,18 @@ def render(data: ReportData) -> str:
                 f"<td class='num'>{_number(pick.mean_distance)}</td>"
                 f"<td class='num'>{_number((data.lam or 0) * pick.mean_distance)}</td></tr>")
         parts.append("</table>")
+    if budget_points(data.versions):
+        parts.append("<h2>Budget curve: held-out SRCC against labels spent</h2>")
+        parts.append(_image(plots.budget_curve(data), "budget curve"))
     if data.versions:
         parts.append("<h2>Model versions (held-out SRCC / PLCC)</h2><table><tr><th>version</th><th>kind</th>"
-                     "<th>active</th><th>created</th><th>SRCC before</th><th>SRCC after</th>"
+                     "<th>active</th><th>created</th><th>labels</th><th>SRCC before</th><th>SRCC after</th>"
                      "<th>PLCC before</th><th>PLCC after</th></tr>")
         for v in data.versions:
             parts.append(
                 f"<tr><td>{e(v.id)}</td><td>{e(v.kind)}</td><td>{'yes' if v.active else ''}</td>"
-                f"<td>{e(v.created)}</td><td class='num'>{_metric(v.before, 'srcc')}</td>"
+                f"<td>{e(v.created)}</td><td class='num'>{'' if v.labels is None else v.labels}</td>"
+                f"<td class='num'>{_metric(v.before, 'srcc')}</td>"
                 f"<td class='num'>{_metric(v.after, 'srcc')}</td><td class='num'>{_metric(v.before, 'plcc')}</td>"
                 f"<td class='num'>{_metric(v.after, 'plcc')}</td></tr>")
         parts.append("</table>")

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from .data import ReportData, project_2d, video_means
+from .data import ReportData, budget_points, project_2d, video_means
 
 PICK_COLOUR = "#d1495b"
 POOL_COLOUR = "#8aa1b1"
@@ -83,6 +83,20 @@ def embedding_map(data: ReportData) -> bytes:
     axis.set_title("pool embeddings (mean per video); picks numbered in order", fontsize=10)
     if labeled:
         axis.legend(frameon=False, loc="best")
+    return _png(figure)
+
+
+def budget_curve(data: ReportData) -> bytes:
+    """Held-out SRCC after each training run against the labels it spent, one line per model kind."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.2))
+    for (kind, points), colour in zip(sorted(budget_points(data.versions).items()), (PICK_COLOUR, LABELED_COLOUR)):
+        xs, ys = zip(*points)
+        axis.plot(xs, ys, marker="o", color=colour, label=f"{kind} ({len(points)} points)")
+    axis.set_xlabel("labels spent (train + held-out)")
+    axis.set_ylabel("held-out SRCC")
+    axis.legend(frameon=False, fontsize=8)
+    axis.spines[["top", "right"]].set_visible(False)
     return _png(figure)
 
 

@@ -1,7 +1,8 @@
 """The Flask app speaking Label Studio's ML backend protocol (app factory).
 
 Routes: GET /health, POST /setup, POST /predict, POST /webhook, POST /train,
-GET /versions, GET /train/status, GET /train/jobs, GET /metrics. The app only parses HTTP, checks access and maps errors
+GET /versions, GET /train/status, GET /train/jobs, GET /metrics, and for people GET /status (+ /status.json) and
+GET /report (server/status.py). The app only parses HTTP, checks access and maps errors
 to status codes; behaviour lives in BackendService. Request paths are never logged
 (they could carry tokens in query strings); metrics label requests by route rule.
 """
@@ -20,7 +21,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..labelstudio.config import LabelConfigError
 from ..settings import Settings
 from .auth import WEBHOOK_SECRET_HEADER
-from .service import BackendService, BadRequestError, ModelNotReadyError
+from .service import BackendService, BadRequestError, ModelNotReadyError, parse_project_id
 from .webhooks import START_TRAINING
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # a 10k-task /predict is a few MB
 MAX_JSON_DEPTH = 64  # Label Studio's bodies nest < 10 deep; json.loads itself fails near 1000
 RESERVED_THREADS = 2  # request threads that waiting /predict requests never take (see predict_wait_slots)
 PROTECTED = frozenset({"setup", "predict", "train", "versions", "train_status", "train_jobs",
-                       "metrics"})  # endpoints needing basic auth
+                       "metrics", "status_page", "status_json", "report"})  # endpoints needing basic auth
 
 
 def create_app(settings: Settings | None = None, *, service: BackendService | None = None,
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
     @app.errorhandler(404)
     def _not_found(_exc) -> Response:
         return error(404, "no such route; see /health, /setup, /predict, /webhook, /versions, /train/status, "
-                     "/metrics")
+                     "/metrics, /status, /report")
 
     @app.errorhandler(405)
     def _bad_method(_exc) -> Response:
@@ -184,6 +185,32 @@ def create_app(settings: Settings | None = None, *, service: BackendService | No
 
         service.metrics.queue_length.set(service.queue.pending)
         return Response(generate_latest(service.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/status")
+    def status_page() -> Response:
+        """Progress for people: plain HTML, the numbers of /status.json (``?refresh=N`` seconds, 0 = off)."""
+        from .status import render_status, snapshot
+
+        try:
+            refresh = max(0, min(int(request.args.get("refresh", "10")), 3600))
+        except ValueError as exc:
+            raise BadRequestError("'refresh' must be a number of seconds") from exc
+        return Response(render_status(snapshot(service), refresh_s=refresh), mimetype="text/html")
+
+    @app.get("/status.json")
+    def status_json() -> Response:
+        from .status import snapshot
+
+        return jsonify(snapshot(service))
+
+    @app.get("/report")
+    def report() -> Response:
+        """The pool report of the latest ordering pass (``?project=P`` another project's)."""
+        from .status import live_report
+
+        project = request.args.get("project")
+        status, page = live_report(service, parse_project_id(project) if project else None)
+        return Response(page, status=status, mimetype="text/html")
 
     return app
 
