@@ -107,6 +107,9 @@ class LoadedModel:
     spec: ModelSpec
     layout: PatchLayout
     lock: threading.RLock = field(default_factory=threading.RLock)
+    free_memory: tuple[int, int | None] | None = field(default=None, compare=False, repr=False)
+    """Bytes free where the model runs (and host RAM when that is a GPU), measured once with the
+    weights loaded, the first time a video's visual-token budget is derived (scoring.budget)."""
 
     @property
     def tokenizer(self):
@@ -216,12 +219,33 @@ def load_model(settings: Settings) -> LoadedModel:
     except Exception as exc:
         raise ModelNotFoundError(f"adapter {settings.adapter!r}: cannot load from {adapter.path}: {exc}") from exc
     model.eval()
+    _check_attention(model, runtime.attention)
 
     loaded = LoadedModel(model, processor, spec, patch_layout(processor))
     if loaded.is_tiny:
         log.warning(TINY_WARNING)
     log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)
     return loaded
+
+
+def _check_attention(model, requested: str) -> None:
+    """Say so when a part of the model does not run the attention asked for.
+
+    Both the vision tower and the language model must use it: with "sdpa" the vision tower
+    runs each window / frame of ``cu_seqlens`` as its own unmasked SDPA call and the language
+    model needs no mask for one video, so torch's flash CPU kernel keeps memory linear in the
+    number of tokens; "eager" holds every layer's full score matrix (quadratic; docs/memory.md).
+    """
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    parts = {"language model": getattr(config, "text_config", config),
+             "vision tower": getattr(config, "vision_config", None)}
+    for name, part in parts.items():
+        used = getattr(part, "_attn_implementation", None)
+        if part is not None and used is not None and used != requested:
+            log.warning("the %s runs %s attention, not the requested %s", name, used, requested)
+    if requested == "eager":
+        log.warning("eager attention holds full attention matrices: memory grows with the square of a "
+                    "video's length (MDSVQA_ATTENTION=sdpa keeps it linear)")
 
 
 _shared: dict[tuple, LoadedModel] = {}

@@ -104,7 +104,9 @@ class PromptEncoder:
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "pixel_values_videos": torch.from_numpy(np.concatenate([v.patches for v in videos])),
+            # One video: its own array, not a copy (a 10 min video's patches are GBs).
+            "pixel_values_videos": torch.from_numpy(videos[0].patches if len(videos) == 1
+                                                    else np.concatenate([v.patches for v in videos])),
             "video_grid_thw": torch.from_numpy(np.stack([v.grid_thw for v in videos])),
             "second_per_grid_ts": [v.seconds_per_grid for v in videos],
         }

@@ -31,6 +31,9 @@ from ..prefetch import prefetched_batches
 from ..prompts import PROMPT_VERSION, Task
 from ..settings import Settings
 from ..video.decoding import decode_video
+from ..video.patches import video_token_count
+from ..video.sampling import SamplingPlan
+from .budget import token_budget
 from .cache import CachedScore, ScoreCache, cache_key
 from .generation import AnswerGenerator, decoding_identity
 from .inputs import PreparedVideo
@@ -227,6 +230,13 @@ class DifficultyScorer:
                 yield self._result(item.path, error=f"{item.path}: {type(exc).__name__}: {exc}")
         if not ready:
             return
+        if len(ready) > 1 and not self._batch_fits([video for _, video in ready]):
+            # Prompts of different lengths need a padding mask as large as the longest squared:
+            # past one video's allowance, the videos run one at a time (no mask at all).
+            log.info("%d videos of very different lengths: scored one at a time", len(ready))
+            for item, _video in ready:
+                yield from self._run_batch([item])
+            return
         try:
             videos = [video for _, video in ready]
             if self.feature_sink is None or self.frame_features:
@@ -255,6 +265,11 @@ class DifficultyScorer:
                 self.cache.put(item.key, CachedScore(answer.score, answer.text, self.model_version))
             yield self._result(item.path, score=answer.score, text=answer.text)
 
+    def _batch_fits(self, videos: list[PreparedVideo]) -> bool:
+        merge = self.loaded.layout.merge_size
+        return token_budget(self.settings, self.loaded).batch_fits(
+            [video_token_count(video.grid_thw, merge) for video in videos])
+
     def close(self, *, cache: bool = True) -> None:
         """Stop the decode threads; ``cache=False`` leaves a score cache shared with other scorers open."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -267,8 +282,16 @@ def prepare_video(path: Path, settings: Settings, loaded: LoadedModel, *,
     """Decode and patch one video exactly as the model sees it (scoring and features alike).
 
     ``every_frame`` also receives every decoded frame of that same decode (see ``decode_video``).
+    A video over the visual-token budget (``scoring.budget``) raises ``VideoTooLongError``
+    before any of its sampled frames is read.
     """
-    return PreparedVideo.from_decoded(decode_video(path, settings.video, every_frame=every_frame), loaded.layout)
+    budget = token_budget(settings, loaded)
+
+    def check(plan: SamplingPlan) -> None:
+        budget.check(path, plan, loaded.layout)
+
+    decoded = decode_video(path, settings.video, every_frame=every_frame, check_plan=check)
+    return PreparedVideo.from_decoded(decoded, loaded.layout)
 
 
 def result_record(result: ScoreResult) -> dict:

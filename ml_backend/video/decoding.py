@@ -127,11 +127,15 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
 
 def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None, *,
                  every_frame: FrameSink | None = None,
-                 adjust_plan: Callable[[SamplingPlan], SamplingPlan] | None = None) -> DecodedVideo:
+                 adjust_plan: Callable[[SamplingPlan], SamplingPlan] | None = None,
+                 check_plan: Callable[[SamplingPlan], None] | None = None) -> DecodedVideo:
     """Sampled frames of ``path`` at the reference size; raises :class:`VideoError` on any defect.
 
     ``every_frame``: also hand every decoded frame (source size, in order) to this sink.
     ``adjust_plan``: change the inference plan before decoding (training draws frames from it).
+    ``check_plan``: sees the final plan before any sampled frame is read and may refuse it by
+    raising a :class:`VideoError` (the scorer's visual-token budget); only the first frame has
+    been decoded by then (for its size).
     """
     settings = settings or VideoSettings()
     path = Path(path)
@@ -162,6 +166,8 @@ def decode_video(path: str | os.PathLike, settings: VideoSettings | None = None,
             plan = adjust_plan(plan)
     except ValueError as exc:
         raise VideoError(f"{path}: {exc}") from exc
+    if check_plan is not None:
+        check_plan(plan)
 
     if every_frame is None and settings.resize == "decoder" and \
             plan.height * plan.width < height * width * IN_DECODER_SCALE_BELOW:
