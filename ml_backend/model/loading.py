@@ -108,8 +108,8 @@ class LoadedModel:
     layout: PatchLayout
     lock: threading.RLock = field(default_factory=threading.RLock)
     free_memory: tuple[int, int | None] | None = field(default=None, compare=False, repr=False)
-    """Bytes free where the model runs (and host RAM when that is a GPU), measured once with the
-    weights loaded, the first time a video's visual-token budget is derived (scoring.budget)."""
+    """Bytes free where the model runs (and host RAM when that is a GPU), measured by load_model
+    with the weights in and before any video: the base of the derived visual-token budget."""
 
     @property
     def tokenizer(self):
@@ -222,6 +222,9 @@ def load_model(settings: Settings) -> LoadedModel:
     _check_attention(model, runtime.attention)
 
     loaded = LoadedModel(model, processor, spec, patch_layout(processor))
+    from ..scoring.budget import free_memory_now
+
+    loaded.free_memory = free_memory_now(runtime.device)  # with the weights in, before any video
     if loaded.is_tiny:
         log.warning(TINY_WARNING)
     log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)

@@ -8,8 +8,9 @@ to report, again on every retry. So each video's token count is computed from it
 plan (frame count and resized size, known after probing) and compared with a budget:
 
 - ``MDSVQA_MAX_VISUAL_TOKENS`` when set (> 0);
-- else derived once per loaded model from the memory free at that moment (the weights are
-  in it by then) and a per-token cost estimated from the model's config (docs/memory.md)::
+- else derived from the memory free right after the model was loaded (``load_model``
+  measures it, weights in, no video yet; then fixed) and a per-token cost estimated from
+  the model's config (docs/memory.md)::
 
       memory  = 0.8 x (available RAM on CPU; free GPU memory on CUDA)
                 - 2 GiB x 2 decode threads (on CPU)         decord's queue of 1080p frames
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,17 +254,25 @@ class TokenBudget:
         return self.memory_model.batch_cost(tokens) <= self.memory_model.model_cost(self.tokens)
 
 
+_measure_lock = threading.Lock()
+
+
 def _memory_at_load(loaded) -> tuple[int, int | None]:
     """Free memory, measured once per loaded model (the first time a budget is needed), then fixed:
     a worker gives the same video the same answer whatever runs beside it later."""
-    with loaded.lock:
-        if loaded.free_memory is None:
-            device = loaded.runtime.device
-            if device.startswith("cuda"):
-                loaded.free_memory = (free_device_memory(device), available_host_memory())
-            else:
-                loaded.free_memory = (available_host_memory(), None)
+    if loaded.free_memory is not None:  # not loaded.lock: the model thread holds it while generating
         return loaded.free_memory
+    with _measure_lock:
+        if loaded.free_memory is None:  # a LoadedModel not made by load_model, which measures it
+            loaded.free_memory = free_memory_now(loaded.runtime.device)
+        return loaded.free_memory
+
+
+def free_memory_now(device: str) -> tuple[int, int | None]:
+    """(bytes free where the model runs, host RAM when that is a GPU else None)."""
+    if device.startswith("cuda"):
+        return free_device_memory(device), available_host_memory()
+    return available_host_memory(), None
 
 
 def memory_model_of(loaded) -> MemoryModel:
