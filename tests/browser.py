@@ -77,6 +77,46 @@ class Browser:
         return path
 
 
+def lookup(data: Any, path: str) -> Any:
+    """The value at a ``data-key`` path ("projects.0.scored") of /status.json."""
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def status_page_matches(browser: Browser, url: str, fetch: Callable[[], dict], *,
+                        volatile: frozenset[str] = frozenset({"generated_at"})) -> tuple[dict, dict] | None:
+    """Load ``url`` (the status page) and compare every ``data-key`` value with /status.json (``fetch``).
+
+    (page values, JSON) when the page shows exactly the JSON's numbers and the JSON did not
+    move while the page loaded; None otherwise (the caller waits and tries again).
+    """
+    from ml_backend.server.status import shown
+
+    before = fetch()
+    browser.open(url)
+    page = browser.until(lambda: browser.data_keys() or None, what="status page values")
+    after = fetch()
+    if {k: v for k, v in before.items() if k not in volatile} != {k: v for k, v in after.items() if k not in volatile}:
+        return None
+    for key, text in page.items():
+        if key not in volatile and text != shown(lookup(after, key)):
+            return None
+    return page, after
+
+
+def login_label_studio(browser: Browser, url: str, user: str, password: str) -> None:
+    """Log in through Label Studio's own form, as a person would."""
+    from selenium.webdriver.common.by import By
+
+    browser.open(url + "/user/login/")
+    browser.until(lambda: browser.driver.find_element(By.NAME, "email"), what="the login form")
+    browser.driver.find_element(By.NAME, "email").send_keys(user)
+    browser.driver.find_element(By.NAME, "password").send_keys(password)
+    browser.driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    browser.until(lambda: "/user/login" not in browser.driver.current_url, what="logged in to Label Studio")
+
+
 def check_screenshot(path: Path, *, min_size: tuple[int, int] = (800, 600)) -> dict[str, float]:
     """A real picture: a PNG of at least ``min_size``, not one flat colour, with content on it."""
     from PIL import Image

@@ -21,6 +21,7 @@ import requests
 from ml_backend.demo.processes import ManagedProcess, free_port, label_studio_binary, label_studio_environment
 
 REPO = Path(__file__).resolve().parents[1]
+LS_USER, LS_PASSWORD = "e2e@mdsvqa.invalid", "e2e-password-1"  # the test Label Studio's one user (browser login)
 
 
 def wait_for(condition, *, timeout: float, what: str, interval: float = 0.25, process=None, log: Path | None = None):
@@ -122,7 +123,7 @@ def start_label_studio(workdir: Path) -> LabelStudio:
     env = label_studio_environment(port, media_root, "mdsvqa-e2e-" + os.urandom(16).hex())
     log = workdir / "label-studio.log"
     command = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-               "--data-dir", str(data), "--username", "e2e@mdsvqa.invalid", "--password", "e2e-password-1",
+               "--data-dir", str(data), "--username", LS_USER, "--password", LS_PASSWORD,
                "--user-token", token, "--enable-legacy-api-token"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,

@@ -27,7 +27,7 @@ from ml_backend.settings import Settings
 from ml_backend.training.versions import VersionStore
 from selection.lambdas import CLIP_RN101_OPENAI
 from tests.backend_fakes import FakeScorer
-from tests.browser import check_screenshot
+from tests.browser import check_screenshot, lookup
 from tests.conditions import wait_for
 from tests.test_prioritize import LS, FakeLabelStudio, _task
 
@@ -130,12 +130,6 @@ def status_json(url: str) -> dict:
     response = requests.get(url + "/status.json", auth=AUTH, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def lookup(data, path: str):
-    for part in path.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
 
 
 def stable(data: dict) -> dict:
