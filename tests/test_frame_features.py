@@ -195,13 +195,12 @@ def test_scores_survive_an_extractor_that_cannot_load(settings_factory, tmp_path
 
     settings = settings_factory(offline=True, device="cpu", use_cache=False)  # clip + 'openai': not here offline
     scorer = DifficultyScorer.from_settings(settings)
-    received = []
-    scorer.feature_sink = lambda path, frames: received.append(path)
+    scorer.with_features = True
     try:
         result = scorer.score_one(_clip_video(tmp_path / "v.mp4", count=4))
     finally:
         scorer.close()
-    assert result.ok and received == []
+    assert result.ok and result.features is None
     assert "MDSVQA_FEATURES_CLIP_CHECKPOINT" in caplog.text
 
 

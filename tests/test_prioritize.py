@@ -118,21 +118,22 @@ def test_default_budget(pool, fraction, expected):
 # -- features kept per media key ------------------------------------------------------------------
 
 class _Resolver:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.closed = False
+    """Every reference is the same local file (two tasks, one video): the queue must tell them apart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def fetch(self, ref, *, task_id, connection):
-        path = self.folder / f"media-{task_id}.mp4"
-        path.write_bytes(b"video")
-        return LocalMedia(path, temporary=True, size=5)
+        return LocalMedia(self.path, temporary=False, size=self.path.stat().st_size)
 
     def close(self):
-        self.closed = True
+        pass
 
 
 class _Scorer:
-    """What FeatureRecorder.attach looks at on a DifficultyScorer."""
+    """What FeatureRecorder.attach looks at on a DifficultyScorer, and results that carry features."""
+
+    model_version = "FEATURES-v1"
 
     class spec:  # noqa: N801
         @staticmethod
@@ -140,37 +141,64 @@ class _Scorer:
             assert adapter is None, "features must not depend on the adapter"
             return {"base": "tiny", "dtype": "float32", "device": "cpu", "attention": "sdpa"}
 
-    def __init__(self) -> None:
+    def __init__(self, features) -> None:
         from ml_backend.settings import Settings
 
         self.settings = Settings()
-        self.feature_sink = None
+        self.with_features = False
+        self.features = features
+
+    def cached_result(self, path):
+        return None
+
+    def score_paths(self, paths):
+        from ml_backend.scoring import ScoreResult
+
+        for path in paths:
+            yield ScoreResult(Path(path), Path(path).name, 2.5, "2.5", None, False, self.model_version,
+                              self.features if self.with_features else None)
 
 
-def test_recorder_stores_scored_features_under_the_media_key(tmp_path):
-    recorder = FeatureRecorder(tmp_path / "features")
-    scorer = recorder.attach(_Scorer())
-    assert scorer.feature_sink == recorder.sink
-    resolver = recorder.track(_Resolver(tmp_path))
-    media = resolver.fetch(" /data/upload/1/a.mp4 ", task_id=3, connection=LS)
+def _queue(recorder, scorer, resolver, tmp_path):
+    from ml_backend.server.metrics import BackendMetrics
+    from ml_backend.server.queue import ScoringQueue
+    from ml_backend.server.store import BackendStore
+
+    return ScoringQueue(scorer=lambda: scorer, resolver=resolver, store=BackendStore(tmp_path / "state.sqlite"),
+                        metrics=BackendMetrics(), on_late_result=lambda *_: None, batch_size=2, download_workers=1,
+                        on_features=recorder.record)
+
+
+def test_scored_features_are_kept_under_each_jobs_media_key(tmp_path):
+    from ml_backend.server.queue import MediaRequest
+
     frames = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
-    scorer.feature_sink(media.path, frames)
-    key = media_key("/data/upload/1/a.mp4", LS)
-    loaded = recorder.store.load([key])
-    assert np.array_equal(loaded.frames[key], frames) and not loaded.problems
-    media.release()
-    assert not media.path.exists(), "the download is still removed"
-    recorder.sink(media.path, frames * 2)  # a stray call after release: no key, nothing stored
-    assert np.array_equal(recorder.store.load([key]).frames[key], frames)
-    resolver.close()
-    assert resolver.closed
+    recorder = FeatureRecorder(tmp_path / "features")
+    scorer = recorder.attach(_Scorer(frames))
+    assert scorer.with_features, "attach asks the scorer for features on its results"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"video")
+    queue = _queue(recorder, scorer, _Resolver(video), tmp_path)
+    queue.start()
+    try:
+        refs = ["/data/upload/1/a.mp4", "/data/upload/1/b.mp4"]  # two tasks, one file on disk
+        keys = [media_key(ref, LS) for ref in refs]
+        jobs = [queue.submit(MediaRequest(key, ref, i, LS), priority=1, model_version=scorer.model_version)
+                for i, (key, ref) in enumerate(zip(keys, refs))]
+        assert all(job.wait(30) for job in jobs)
+    finally:
+        queue.stop()
+    loaded = recorder.store.load(keys)
+    assert not loaded.problems
+    assert all(np.array_equal(loaded.frames[key], frames) for key in keys)
+    assert recorder.recorded == 2
 
 
 def test_recorder_never_fails_the_scoring_batch(tmp_path):
     recorder = FeatureRecorder(tmp_path / "features")
-    recorder.attach(_Scorer())
-    media = recorder.track(_Resolver(tmp_path)).fetch("http://x/v.mp4", task_id=1, connection=None)
-    recorder.sink(media.path, np.zeros((0, 3)))  # invalid features: logged, not raised
+    recorder.record("/data/upload/1/a.mp4", np.zeros((2, 3)))  # no store yet: nothing, no error
+    recorder.attach(_Scorer(None))
+    recorder.record("/data/upload/1/a.mp4", np.zeros((0, 3)))  # invalid features: logged, not raised
     assert recorder.recorded == 0
 
 

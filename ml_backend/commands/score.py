@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import numpy as np
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +39,9 @@ def add_parser(subparsers) -> None:
 
     add_extractor_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    from ..scale import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -55,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(base=args.base, adapter=args.adapter, device=args.device, batch_size=args.batch_size,
                              decoding=args.decoding, num_samples=args.num_samples, offline=args.offline,
-                             use_cache=False if args.no_cache else None, **feature_overrides(args))
+                             use_cache=False if args.no_cache else None, ray_address=args.ray_address,
+                             **feature_overrides(args))
+    if settings.ray_address and args.features:
+        from ..errors import ConfigurationError
+
+        raise ConfigurationError("--features does not run on Ray yet: score with --ray, then run `mdsvqa features`")
     videos, listing_problems = find_videos(args.paths)
 
     scores: dict[str, dict] = {}
@@ -80,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
         if path.name not in done:
             todo.append(path)
 
-    scorer = DifficultyScorer.from_settings(settings)
-    if args.features:
+    if settings.ray_address:  # the same loop below, the model work on the cluster (ml_backend/scale)
+        from ..scale import ray_options
+        from ..scale.ray_pool import RayScorer
+
+        scorer: DifficultyScorer | RayScorer = RayScorer.start(settings, settings.ray_address, **ray_options(args))
+    else:
+        scorer = DifficultyScorer.from_settings(settings)
+    if args.features and isinstance(scorer, DifficultyScorer):
         from selection.features import save_features as write_features
 
         from ..features.identity import extractor_identity
@@ -91,11 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
             load_frame_encoder(settings)  # missing weights: a clear error now, not after the scoring
         identity = extractor_identity(settings, scorer.spec)
-
-        def feature_sink(path: Path, embedding: np.ndarray) -> None:
-            write_features(args.features, path, embedding, extractor=identity)
-
-        scorer.feature_sink = feature_sink
+        scorer.with_features = True  # each result carries its features; written below
     if scorer.is_tiny:
         print(f"WARNING: {TINY_WARNING}", file=sys.stderr)
     last_write = time.monotonic()
@@ -103,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for result in scorer.score_paths(todo):
             scores[result.name] = result_entry(result, tiny=scorer.is_tiny)
+            if args.features and result.features is not None:
+                write_features(args.features, result.path, result.features, extractor=identity)
             if not result.ok:
                 bar.write(f"failed: {result.error}", file=sys.stderr)
             bar.update(1)

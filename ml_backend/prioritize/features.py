@@ -12,10 +12,9 @@ too; files of a folder written before that are taken as the folder's.
 
 Three ways features get there:
 
-- while the backend scores: ``FeatureRecorder`` is the scorer's ``feature_sink`` (CLIP /
-  SigLIP2 from the scorer's own decode, or the tower during generation); a
-  ``TrackingResolver`` around the media resolver tells it which media key each
-  downloaded file belongs to;
+- while the backend scores: each result carries its features (CLIP / SigLIP2 from the
+  scorer's own decode, or the tower during generation) and the scoring queue hands them
+  to ``FeatureRecorder.record`` with its job's media key;
 - ``mdsvqa score-project`` does the same;
 - tasks scored earlier (their score came from a cache, so the model never saw them) get
   theirs when an ordering pass needs them (``FrameFeatureComputer``: one decode with the
@@ -26,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +38,7 @@ from selection.features import save_features as write_features
 from ..errors import MdsVqaError
 from ..features.identity import extractor_identity, store_dirname, vision_identity
 from ..labelstudio.client import Connection
-from ..labelstudio.media import LocalMedia, MediaResolver, describe, media_key
+from ..labelstudio.media import MediaResolver, describe
 
 log = logging.getLogger(__name__)
 
@@ -114,91 +111,41 @@ class FeatureStore:
 # -- recording while scoring ---------------------------------------------------------------------
 
 class FeatureRecorder:
-    """The scorer's ``feature_sink``: stores each scored file's embeddings under its media key(s)."""
+    """Keeps the features scoring results carry, under the media key of the job that asked.
+
+    ``attach`` makes a scorer put its features on every result (``ScoreResult.features``,
+    from the same decode) and opens the store of that scorer's extractor; the scoring queue
+    hands each result's features here with the job's media key (``record``).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self._lock = threading.Lock()
-        self._keys: dict[Path, Counter[str]] = {}
         self.store: FeatureStore | None = None
         self.recorded = 0
 
     def attach(self, scorer: Any) -> Any:
-        """Make ``scorer`` (a DifficultyScorer) report its features here; others are left alone."""
+        """Make ``scorer`` (a DifficultyScorer) carry features on its results; others are left alone."""
         spec, settings = getattr(scorer, "spec", None), getattr(scorer, "settings", None)
-        if spec is None or settings is None or not hasattr(scorer, "feature_sink"):
+        if spec is None or settings is None or not hasattr(scorer, "with_features"):
             log.info("scorer %s has no features to record", type(scorer).__name__)
             return scorer
         self.store = FeatureStore.for_settings(self.root, settings, spec)
-        scorer.feature_sink = self.sink
+        scorer.with_features = True
         return scorer
 
     def attaching(self, factory: Callable[[], Any]) -> Callable[[], Any]:
         return lambda: self.attach(factory())
 
-    def register(self, path: Path, key: str) -> None:
-        with self._lock:
-            self._keys.setdefault(Path(path), Counter())[key] += 1
-
-    def unregister(self, path: Path, key: str) -> None:
-        with self._lock:
-            keys = self._keys.get(Path(path))
-            if keys is None:
-                return
-            keys[key] -= 1
-            if keys[key] <= 0:
-                del keys[key]
-            if not keys:
-                del self._keys[Path(path)]
-
-    def sink(self, path: Path, embedding: np.ndarray) -> None:
-        """Never raises: a failure to store features must not fail the scoring batch."""
+    def record(self, key: str, embedding: np.ndarray) -> None:
+        """Store one video's features under ``key``. Never raises: storing must not fail the scoring."""
         store = self.store
-        with self._lock:
-            keys = list(self._keys.get(Path(path), ()))
-        if store is None or not keys:
+        if store is None:
             return
-        for key in keys:
-            try:
-                store.put(key, embedding)
-                self.recorded += 1
-            except Exception:
-                log.exception("storing the features of %s failed", describe(key))
-
-    def track(self, resolver: MediaResolver) -> TrackingResolver:
-        return TrackingResolver(resolver, self)
-
-
-class _TrackedMedia(LocalMedia):
-    def __init__(self, inner: LocalMedia, release: Callable[[], None]) -> None:
-        super().__init__(inner.path, inner.temporary, inner.size)
-        self._inner = inner
-        self._on_release = release
-
-    def release(self) -> None:
         try:
-            self._on_release()
-        finally:
-            self._inner.release()
-
-
-class TrackingResolver:
-    """A MediaResolver that tells the recorder which media key each fetched file belongs to."""
-
-    def __init__(self, inner: MediaResolver, recorder: FeatureRecorder) -> None:
-        self._inner = inner
-        self._recorder = recorder
-
-    def fetch(self, ref: object, *, task_id: int | None, connection: Connection | None) -> LocalMedia:
-        media = self._inner.fetch(ref, task_id=task_id, connection=connection)
-        if not isinstance(ref, str):
-            return media
-        key = media_key(ref.strip(), connection)
-        self._recorder.register(media.path, key)
-        return _TrackedMedia(media, lambda: self._recorder.unregister(media.path, key))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+            store.put(key, embedding)
+            self.recorded += 1
+        except Exception:
+            log.exception("storing the features of %s failed", describe(key))
 
 
 # -- features for an ordering pass ---------------------------------------------------------------

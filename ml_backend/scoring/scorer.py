@@ -5,10 +5,12 @@ works on the current one (decord and numpy release the GIL). A bad video becomes
 failed result and never stops the others; a batch the model rejects is retried one
 video at a time so that only the culprit fails.
 
-With a ``feature_sink``, each video's selection features go there too, from the same
-decode: CLIP / SigLIP2 embeddings of every frame (``settings.features.extractor``, the
-decode's ``every_frame`` sink, in the decode threads) or the vision tower's output during
-generation ('vision'). A feature failure is logged and never fails the score.
+With ``with_features``, each result also carries the video's selection features
+(``ScoreResult.features``), from the same decode: CLIP / SigLIP2 embeddings of every frame
+(``settings.features.extractor``, the decode's ``every_frame`` sink, in the decode threads)
+or the vision tower's output during generation ('vision'). The caller stores them under
+its own key (the backend: the task's media key). A feature failure is logged and never
+fails the score; cache hits carry none (nothing was decoded).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,8 @@ class ScoreResult:
     error: str | None
     cached: bool
     model_version: str
+    # (frames, dim) selection features from this scoring's own decode (``with_features``), else None
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +65,7 @@ class _Pending:
     path: Path
     key: str
     prepared: Future
-    features_sent: bool = False
+    features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,15 @@ class DifficultyScorer:
     def __init__(self, spec: ModelSpec, settings: Settings, cache: ScoreCache | None = None, *,
                  loaded: LoadedModel | None = None, task: Task = "difficulty",
                  adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int = 2,
-                 feature_sink: Callable[[Path, np.ndarray], None] | None = None) -> None:
+                 with_features: bool = False) -> None:
         self.spec = spec
         self.settings = settings
         self.cache = cache
         self.task = task
         self.adapter = adapter
         self._loaded = loaded
-        # Receives the selection features of every video the model sees (one decode, both outputs).
-        self.feature_sink = feature_sink
+        # Results carry the selection features of every video the model sees (one decode, both outputs).
+        self.with_features = with_features
         self._frame_encoder_warned = False
         self._generator: AnswerGenerator | None = None
         self._load_lock = threading.Lock()
@@ -135,8 +139,8 @@ class DifficultyScorer:
     # -- results -------------------------------------------------------------------------------
 
     def _result(self, path: Path, *, score: float | None = None, text: str | None = None,
-                error: str | None = None, cached: bool = False) -> ScoreResult:
-        return ScoreResult(path, path.name, score, text, error, cached, self.model_version)
+                error: str | None = None, cached: bool = False, features: np.ndarray | None = None) -> ScoreResult:
+        return ScoreResult(path, path.name, score, text, error, cached, self.model_version, features)
 
     def _key(self, path: Path) -> str:
         return cache_key(file_digest(path), self.identity())
@@ -180,7 +184,7 @@ class DifficultyScorer:
     @property
     def frame_features(self) -> bool:
         """Whether features come from every decoded frame (clip, siglip2) rather than the vision tower."""
-        return self.feature_sink is not None and self.settings.features.extractor != "vision"
+        return self.with_features and self.settings.features.extractor != "vision"
 
     def _frame_encoder(self):
         """The shared CLIP/SigLIP2 encoder, or None (logged once) when it cannot be loaded: scores go on."""
@@ -206,15 +210,6 @@ class DifficultyScorer:
             features = None
         return _Prepared(video, features)
 
-    def _send_features(self, item: _Pending, features: np.ndarray) -> None:
-        if item.features_sent or self.feature_sink is None:
-            return
-        item.features_sent = True
-        try:
-            self.feature_sink(item.path, features)
-        except Exception:  # noqa: BLE001 - a sink's failure must not fail the score
-            log.exception("storing the features of %s failed", item.path)
-
     def _run_batch(self, batch: list[_Pending]) -> Iterator[ScoreResult]:
         ready: list[tuple[_Pending, PreparedVideo]] = []
         for item in batch:
@@ -222,7 +217,7 @@ class DifficultyScorer:
                 prepared: _Prepared = item.prepared.result()
                 ready.append((item, prepared.video))
                 if prepared.frame_features is not None:
-                    self._send_features(item, prepared.frame_features)
+                    item.features = prepared.frame_features
             except MdsVqaError as exc:
                 yield self._result(item.path, error=str(exc))
             except Exception as exc:  # an unexpected decoder fault is still one item's failure
@@ -239,14 +234,14 @@ class DifficultyScorer:
             return
         try:
             videos = [video for _, video in ready]
-            if self.feature_sink is None or self.frame_features:
+            if not self.with_features or self.frame_features:
                 answers = self.generator.generate(videos)
             else:
                 grids = np.stack([video.grid_thw for video in videos])
                 with capture_vision_features(self.loaded, grids) as features:
                     answers = self.generator.generate(videos)
                 for (item, _video), embedding in zip(ready, features):
-                    self._send_features(item, embedding)
+                    item.features = embedding
         except Exception:
             if len(ready) == 1:
                 item = ready[0][0]
@@ -259,11 +254,12 @@ class DifficultyScorer:
             return
         for (item, _video), answer in zip(ready, answers):
             if answer.score is None:
-                yield self._result(item.path, text=answer.text, error=f"{item.path}: {answer.error}")
+                yield self._result(item.path, text=answer.text, error=f"{item.path}: {answer.error}",
+                                   features=item.features)
                 continue
             if self.cache is not None:
                 self.cache.put(item.key, CachedScore(answer.score, answer.text, self.model_version))
-            yield self._result(item.path, score=answer.score, text=answer.text)
+            yield self._result(item.path, score=answer.score, text=answer.text, features=item.features)
 
     def _batch_fits(self, videos: list[PreparedVideo]) -> bool:
         merge = self.loaded.layout.merge_size
@@ -295,4 +291,4 @@ def prepare_video(path: Path, settings: Settings, loaded: LoadedModel, *,
 
 
 def result_record(result: ScoreResult) -> dict:
-    return asdict(result) | {"path": str(result.path)}
+    return {k: v for k, v in asdict(result).items() if k != "features"} | {"path": str(result.path)}

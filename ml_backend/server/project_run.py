@@ -87,7 +87,7 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
     store = BackendStore(settings.backend_state_path)
     resolver = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                              timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
-    queue = ScoringQueue(scorer=lambda: scorer, resolver=features.track(resolver), store=store,
+    queue = ScoringQueue(scorer=lambda: scorer, resolver=resolver, store=store, on_features=features.record,
                          metrics=BackendMetrics(), on_late_result=lambda *_: None, batch_size=settings.batch_size,
                          download_workers=settings.download_workers)
     counts_lock = threading.Lock()

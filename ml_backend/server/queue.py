@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..labelstudio.client import Connection
 from ..labelstudio.config import ProjectConfig
@@ -144,13 +144,15 @@ class ScoringQueue:
     def __init__(self, *, scorer: Callable[[], Scorer], resolver: MediaResolver, store: BackendStore,
                  metrics: BackendMetrics, on_late_result: Callable[[PushTarget, JobOutcome, str], None],
                  batch_size: int, download_workers: int,
-                 scorer_for: Callable[[str], Scorer | None] | None = None) -> None:
+                 scorer_for: Callable[[str], Scorer | None] | None = None,
+                 on_features: Callable[[str, Any], None] | None = None) -> None:
         self._scorer = scorer
         self._scorer_for = scorer_for
         self._resolver = resolver
         self._store = store
         self._metrics = metrics
         self._on_late_result = on_late_result
+        self._on_features = on_features  # (media key, features) of every scored result that carries them
         self._batch_size = batch_size
         self._download_workers = download_workers
         self._lock = threading.Condition()
@@ -295,6 +297,9 @@ class ScoringQueue:
             try:
                 for result in scorer.score_paths(list(todo)):
                     for job in todo.pop(Path(result.path), []):
+                        features = getattr(result, "features", None)
+                        if features is not None and self._on_features is not None:
+                            self._on_features(job.request.key, features)
                         self._metrics.videos_scored.labels("ok" if result.ok else "error").inc()
                         self._complete(job, self._outcome_of(result, media_of[job], job))
             except Exception as exc:

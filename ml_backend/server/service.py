@@ -164,11 +164,11 @@ class BackendService:
             self.scorer = ScorerHandle(self.features.attaching(scorer_factory))
         self.media = MediaResolver(settings.download_dir, max_bytes=settings.media_max_bytes,
                                    timeout_s=settings.media_timeout_s, local_files_root=settings.local_files_root)
-        self.resolver = self.features.track(self.media)
         self.queue = ScoringQueue(
-            scorer=lambda: self.scorer.get(None), resolver=self.resolver, store=self.store, metrics=self.metrics,
+            scorer=lambda: self.scorer.get(None), resolver=self.media, store=self.store, metrics=self.metrics,
             on_late_result=self.push_late, batch_size=settings.batch_size,
             download_workers=settings.download_workers, scorer_for=self._earlier_scorer,
+            on_features=self.features.record,
         )
         self.project_sync = ProjectSync(instance_id=self.instance_id, public_url=settings.public_url,
                                         webhook_header=self.access.webhook_header)
@@ -217,7 +217,7 @@ class BackendService:
         self._started = True
         stack = self._components
         try:
-            stack.callback(self.resolver.close)
+            stack.callback(self.media.close)
             stack.callback(self.store.close)
             self.outbox.start()
             stack.callback(self.outbox.stop)
