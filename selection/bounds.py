@@ -16,21 +16,56 @@ rigorous rounding bound added before the square root, so the bound always holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
 import numpy as np
 import torch
 
 _SAFETY = 1e-6  # relative slack for the square root and the float64 sums
-_CHUNK_FRAMES = 16384
+SCAN_ROWS = 16384  # frames per chunk of a pass over the store
+
+
+class FrameScan(Protocol):
+    """Frames read chunk by chunk, in order: (first row, chunk) pairs of ``rows`` rows (the last shorter)."""
+
+    dim: int
+    device: torch.device
+
+    def scan(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]: ...
+
+
+class _TensorScan:
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor, self.dim, self.device = tensor, int(tensor.shape[1]), tensor.device
+
+    def scan(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.tensor.shape[0], rows):
+            yield start, self.tensor[start : start + rows]
+
+
+def _owners(offsets: np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """The video of each frame of rows [start, stop)."""
+    owners = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
+    return torch.from_numpy(owners).to(device)
 
 
 class CentroidBounds:
-    """Per-video centroid and radii; upper bounds of D(x, s) for every video x at once."""
+    """Per-video centroid and radii; upper bounds of D(x, s) for every video x at once.
 
-    def __init__(self, store: torch.Tensor, offsets: np.ndarray) -> None:
-        device = store.device
-        n_videos, dim = len(offsets) - 1, store.shape[1]
+    ``store`` is the packed frames, or a ``FrameScan`` reading them chunk by chunk (a
+    store streamed from disk): two passes, one chunk resident at a time. ``on_first_pass``
+    sees every chunk of the first pass (the greedy computes the squared norms there);
+    chunks have ``chunk_rows`` frames.
+    """
+
+    def __init__(self, store: torch.Tensor | FrameScan, offsets: np.ndarray,
+                 on_first_pass: Callable[[int, torch.Tensor], None] | None = None, *,
+                 chunk_rows: int = SCAN_ROWS) -> None:
+        frames = _TensorScan(store) if isinstance(store, torch.Tensor) else store
+        device, dim = frames.device, frames.dim
+        n_videos = len(offsets) - 1
         lengths = np.diff(offsets)
-        video_of_frame = torch.from_numpy(np.repeat(np.arange(n_videos), lengths)).to(device)
         lengths_t = torch.from_numpy(lengths).to(device=device, dtype=torch.float32)
         unit_roundoff = 2.0**-24
 
@@ -39,9 +74,10 @@ class CentroidBounds:
         # small norms keep the float32 expansion of ||z_x - z_y|| tight even for features far
         # from the origin.
         sums = torch.zeros((n_videos, dim), dtype=torch.float32, device=device)
-        for start in range(0, store.shape[0], _CHUNK_FRAMES):
-            stop = start + _CHUNK_FRAMES
-            sums.index_add_(0, video_of_frame[start:stop], store[start:stop].to(torch.float32))
+        for start, chunk in frames.scan(chunk_rows):
+            if on_first_pass is not None:
+                on_first_pass(start, chunk)
+            sums.index_add_(0, _owners(offsets, start, start + chunk.shape[0], device), chunk.to(torch.float32))
         centroids = sums.div_(lengths_t.unsqueeze(1))
         self.shift = centroids.mean(dim=0)
         self.centroids = centroids.sub_(self.shift)
@@ -51,10 +87,9 @@ class CentroidBounds:
         radius_sum = torch.zeros(n_videos, dtype=torch.float64, device=device)
         radius_min = torch.full((n_videos,), float("inf"), dtype=torch.float32, device=device)
         relative, absolute = 1 + (dim + 8) * unit_roundoff, 3 * unit_roundoff
-        for start in range(0, store.shape[0], _CHUNK_FRAMES):
-            stop = start + _CHUNK_FRAMES
-            owner = video_of_frame[start:stop]
-            from_shift = store[start:stop].to(torch.float32) - self.shift
+        for start, chunk in frames.scan(chunk_rows):
+            owner = _owners(offsets, start, start + chunk.shape[0], device)
+            from_shift = chunk.to(torch.float32) - self.shift
             radius = torch.linalg.vector_norm(from_shift - self.centroids[owner], dim=1).mul_(relative)
             radius.add_(torch.linalg.vector_norm(from_shift, dim=1), alpha=absolute * relative)
             radius_sum.index_add_(0, owner, radius.to(torch.float64))
@@ -65,8 +100,8 @@ class CentroidBounds:
         # against them err by at most gamma * (|c_x|^2 + |c_t|^2).
         self.centroid_sq = np.concatenate([
             torch.linalg.vecdot(part, part).cpu().numpy()
-            for part in (self.centroids[start : start + _CHUNK_FRAMES].to(torch.float64)
-                         for start in range(0, n_videos, _CHUNK_FRAMES))])
+            for part in (self.centroids[start : start + SCAN_ROWS].to(torch.float64)
+                         for start in range(0, n_videos, SCAN_ROWS))])
         self.gamma = (2 * dim + 8) * unit_roundoff
 
     @property

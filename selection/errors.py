@@ -46,3 +46,7 @@ class InputFileError(SelectionError):
 
 class MixedExtractorsError(SelectionError):
     """The features of one run come from different extractors (or some do not say which)."""
+
+
+class WorkingSetError(SelectionError):
+    """A streamed run's working-set budget cannot hold what the run must keep at once."""

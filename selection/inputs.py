@@ -22,10 +22,9 @@ _CHECK_ROWS = 65536  # frames checked for NaN/inf at a time
 
 
 @dataclass(frozen=True)
-class Pool:
-    """A validated pool: packed frames, per-video difficulty and the already-labeled seed."""
+class PoolLayout:
+    """A validated pool without its frames: offsets, per-video difficulty, the labeled seed."""
 
-    frames: np.ndarray  # (total_frames, dim), float32 or float64, C-contiguous
     offsets: np.ndarray  # (n_videos + 1,) int64; video i owns frames[offsets[i]:offsets[i+1]]
     difficulty: np.ndarray  # (n_videos,) float64; entries of seed videos are not used
     initial: np.ndarray  # (n_initial,) int64 pool indices, in the given order
@@ -35,21 +34,28 @@ class Pool:
         return len(self.offsets) - 1
 
     @property
-    def dim(self) -> int:
-        return int(self.frames.shape[1])
-
-    @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
-
-    def video_frames(self, index: int) -> np.ndarray:
-        return self.frames[self.offsets[index] : self.offsets[index + 1]]
 
     def candidates(self) -> np.ndarray:
         """Boolean mask of the videos that may be picked (everything outside the seed)."""
         mask = np.ones(self.size, dtype=bool)
         mask[self.initial] = False
         return mask
+
+
+@dataclass(frozen=True)
+class Pool(PoolLayout):
+    """A validated pool with its packed frames in memory."""
+
+    frames: np.ndarray  # (total_frames, dim), float32 or float64, C-contiguous
+
+    @property
+    def dim(self) -> int:
+        return int(self.frames.shape[1])
+
+    def video_frames(self, index: int) -> np.ndarray:
+        return self.frames[self.offsets[index] : self.offsets[index + 1]]
 
 
 def _listed(indices: np.ndarray) -> str:
@@ -91,19 +97,9 @@ def pack_frames(frames, offsets=None) -> tuple[np.ndarray, np.ndarray]:
         packed = np.concatenate(sets, axis=0)
     else:
         packed = _to_numpy(frames)
-        offsets_array = _to_numpy(offsets)
         if packed.ndim != 2:
             raise FrameError(f"packed frames must be a (total_frames, dim) array, got shape {packed.shape}")
-        if offsets_array.ndim != 1 or len(offsets_array) < 1 or not np.issubdtype(offsets_array.dtype, np.integer):
-            raise FrameError("offsets must be a 1-D integer array of n_videos + 1 entries")
-        offsets_array = offsets_array.astype(np.int64)
-        if len(offsets_array) == 1:
-            raise EmptyPoolError("the pool is empty: offsets describe no video")
-        if offsets_array[0] != 0 or offsets_array[-1] != packed.shape[0]:
-            raise FrameError(f"offsets must run from 0 to the number of frames ({packed.shape[0]})")
-        empty = np.flatnonzero(np.diff(offsets_array) <= 0)
-        if len(empty):
-            raise FrameError(f"videos with no frames (or decreasing offsets): {_listed(empty)}")
+        offsets_array = check_offsets(offsets, packed.shape[0])
         dtype = packed.dtype
     if packed.shape[1] == 0:
         raise FrameError("frames have dimension 0")
@@ -119,6 +115,22 @@ def pack_frames(frames, offsets=None) -> tuple[np.ndarray, np.ndarray]:
         bad_videos = np.unique(np.searchsorted(offsets_array, bad_rows, side="right") - 1)
         raise FrameError(f"frames hold NaN or infinite values in videos {_listed(bad_videos)}")
     return packed, offsets_array
+
+
+def check_offsets(offsets, total_frames: int) -> np.ndarray:
+    """Offsets of packed frames: n_videos + 1 increasing integers from 0 to ``total_frames``."""
+    offsets_array = _to_numpy(offsets)
+    if offsets_array.ndim != 1 or len(offsets_array) < 1 or not np.issubdtype(offsets_array.dtype, np.integer):
+        raise FrameError("offsets must be a 1-D integer array of n_videos + 1 entries")
+    offsets_array = offsets_array.astype(np.int64)
+    if len(offsets_array) == 1:
+        raise EmptyPoolError("the pool is empty: offsets describe no video")
+    if offsets_array[0] != 0 or offsets_array[-1] != total_frames:
+        raise FrameError(f"offsets must run from 0 to the number of frames ({total_frames})")
+    empty = np.flatnonzero(np.diff(offsets_array) <= 0)
+    if len(empty):
+        raise FrameError(f"videos with no frames (or decreasing offsets): {_listed(empty)}")
+    return offsets_array
 
 
 def check_budget(budget) -> int:
@@ -182,9 +194,20 @@ def prepare_pool(difficulty, frames, *, offsets=None, initial: Sequence[int] = (
                  difficulty_range: tuple[float, float] | None = DEFAULT_DIFFICULTY_RANGE) -> Pool:
     """Validate everything and return the packed pool."""
     packed, offsets_array = pack_frames(frames, offsets)
+    layout = prepare_layout(difficulty, offsets_array, packed.shape[0], initial=initial,
+                            difficulty_range=difficulty_range)
+    return Pool(frames=packed, offsets=layout.offsets, difficulty=layout.difficulty, initial=layout.initial)
+
+
+def prepare_layout(difficulty, offsets, total_frames: int, *, initial: Sequence[int] = (),
+                   difficulty_range: tuple[float, float] | None = DEFAULT_DIFFICULTY_RANGE) -> PoolLayout:
+    """Validate a pool whose frames are elsewhere (a file): offsets, difficulty and seed.
+
+    The frames themselves (finite values, their dimension) are checked as they are read."""
+    offsets_array = check_offsets(offsets, total_frames)
     size = len(offsets_array) - 1
     initial_array = check_initial(initial, size)
     candidates = np.ones(size, dtype=bool)
     candidates[initial_array] = False
     values = check_difficulty(difficulty, size, candidates, difficulty_range)
-    return Pool(frames=packed, offsets=offsets_array, difficulty=values, initial=initial_array)
+    return PoolLayout(offsets=offsets_array, difficulty=values, initial=initial_array)

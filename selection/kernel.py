@@ -40,6 +40,26 @@ def distance_error_bound(dim: int, max_norm: float, compute_dtype: torch.dtype =
     return gamma * 2.0 * scale**2 / math.sqrt(REFINE_RATIO * scale**2) + 1e-12 * scale
 
 
+# (unit roundoff, half the spacing of the subnormals) of the approximate store dtypes
+_STORE_ROUNDING = {torch.float16: (2.0**-11, 2.0**-25), torch.bfloat16: (2.0**-8, 2.0**-134)}
+
+
+def store_rounding_error(store_dtype: torch.dtype, dim: int, max_stored_norm: float) -> float:
+    """Bound E on ||x - x~|| for every frame x stored as x~ in a half-precision ``store_dtype`` (0 otherwise).
+
+    Round-to-nearest moves each component by at most u |x_i| in the normal range and by half
+    the subnormal spacing s below it, so ||x - x~|| <= u ||x|| + s sqrt(d). With ||x|| <=
+    (||x~|| + s sqrt(d)) / (1 - u) this is bounded from the stored norms, which is all a run
+    sees. Values beyond the dtype's range become inf and are refused, never bounded.
+    For float16 (u = 2^-11) and unit-norm 512-d frames: E = 4.9e-4; bfloat16 (u = 2^-8): 3.9e-3.
+    """
+    if store_dtype not in _STORE_ROUNDING:
+        return 0.0
+    unit, subnormal = _STORE_ROUNDING[store_dtype]
+    floor = subnormal * math.sqrt(dim)
+    return unit * (max_stored_norm + floor) / (1 - unit) + floor
+
+
 @dataclass
 class FrameBlock:
     """Packed frames of some videos: frames (F, d) in the store dtype, squared norms, offsets."""
@@ -68,14 +88,27 @@ class FrameBlock:
         """Consecutive runs [start, stop) of whole videos with at most ``max_frames`` frames (or one longer video)."""
         key = ("chunks", max_frames)
         if key not in self._cache:
-            plan, start = [], 0
-            while start < self.count:
-                stop = int(np.searchsorted(self.offsets, self.offsets[start] + max_frames, side="right")) - 1
-                stop = min(max(stop, start + 1), self.count)
-                plan.append((start, stop))
-                start = stop
-            self._cache[key] = plan
+            self._cache[key] = chunk_plan(self.offsets, max_frames)
         return self._cache[key]
+
+    def chunk_blocks(self, max_frames: int) -> list[tuple[int, int, FrameBlock]]:
+        """``chunks`` with their blocks (kept, with their segments, for the next call)."""
+        key = ("chunk_blocks", max_frames)
+        if key not in self._cache:
+            self._cache[key] = [(start, stop, self.video_range(start, stop)) for start, stop in self.chunks(max_frames)]
+        return self._cache[key]
+
+
+def chunk_plan(offsets: np.ndarray, max_frames: int) -> list[tuple[int, int]]:
+    """Runs [start, stop) of consecutive videos, greedily from the first: at most ``max_frames``
+    frames each, or one longer video. ``offsets`` are those of the videos (offsets[0] may be > 0)."""
+    plan, start, count = [], 0, len(offsets) - 1
+    while start < count:
+        stop = int(np.searchsorted(offsets, offsets[start] + max_frames, side="right")) - 1
+        stop = min(max(stop, start + 1), count)
+        plan.append((start, stop))
+        start = stop
+    return plan
 
 
 @dataclass
@@ -154,39 +187,75 @@ def _refine_close_pairs(d2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
         d2[i, j] = (diff * diff).sum(dim=1).to(d2.dtype)
 
 
+def column_parts(cols: FrameBlock, row_frames: int, *, max_rows: int = 4096, max_cols: int = 2048) -> list[ColumnPart]:
+    """The column chunks of ``cols`` for rows of ``row_frames`` frames in all.
+
+    Few rows (catching a handful of videos up with many picks) get wider column chunks, same
+    block size. The plan depends only on the whole row count, so rows processed window by
+    window (a store streamed from disk) see exactly the column chunks of one in-memory call.
+    """
+    widened = max(max_cols, (max_rows * max_cols) // max(min(row_frames, max_rows), 1))
+    parts = []
+    for start, stop in cols.chunks(widened):
+        block = cols.video_range(start, stop)
+        parts.append(ColumnPart(start, stop, block, block.sq_norms.max()))
+    return parts
+
+
+@dataclass
+class ColumnPart:
+    """One column chunk: videos [start, stop) of the column block."""
+
+    start: int
+    stop: int
+    block: FrameBlock
+    sq_max: torch.Tensor  # largest squared norm of its frames (0-d, compute dtype)
+
+
+def chamfer_rows(rows: FrameBlock, parts: list[ColumnPart], compute_dtype: torch.dtype = torch.float32, *,
+                 max_rows: int = 4096) -> torch.Tensor:
+    """D(R_i, Q_j) for the row videos against prepared column chunks, float64 (m, n) on the device.
+
+    Row chunks are ``rows.chunks(max_rows)``; each (row chunk, column chunk) pair is computed
+    on its own, reductions included, so a row chunk's distances depend on its own frames and
+    the column plan only: the result of a block equals, bit for bit, the concatenation of
+    the results of consecutive runs of its chunks (what streaming windows compute).
+    """
+    device = rows.frames.device
+    n_cols = parts[-1].stop if parts else 0
+    out = torch.empty((rows.count, n_cols), dtype=torch.float64, device=device)
+    for start, stop, chunk in rows.chunk_blocks(max_rows):
+        row_seg = chunk.segments
+        row_lengths = row_seg.lengths.to(torch.float64).unsqueeze(1)
+        r = chunk.frames.to(compute_dtype)
+        r_sq = chunk.sq_norms
+        r_sq_max = r_sq.max()
+        for part in parts:
+            col_block = part.block
+            col_seg = col_block.segments
+            q = col_block.frames.to(compute_dtype)
+            q_sq = col_block.sq_norms
+            d2 = torch.addmm(r_sq.unsqueeze(1), r, q.t(), beta=1, alpha=-2)  # |x|^2 - 2 x.y
+            d2 += q_sq  # + |y|^2
+            # Per row frame: min squared distance to each column video; per row video: to each column frame.
+            row_min = torch.empty((r.shape[0], col_block.count), dtype=compute_dtype, device=device)
+            col_min = torch.empty((chunk.count, q.shape[0]), dtype=compute_dtype, device=device)
+            _min_over_col_videos(d2, col_seg, row_min)
+            # Every entry is >= some row minimum: if no minimum is small, no entry suffers cancellation.
+            if float(row_min.min()) < float((r_sq_max + part.sq_max) * REFINE_RATIO):
+                _refine_close_pairs(d2, r, q, r_sq, part.sq_max)
+                _min_over_col_videos(d2, col_seg, row_min)
+            _min_over_row_videos(d2, row_seg, 0, chunk.count, col_min)
+            nearest_in_col = row_min.clamp_min_(0).to(torch.float64).sqrt_()
+            row_side = _sum_over_row_videos(nearest_in_col, row_seg) / row_lengths
+            nearest_in_row = col_min.clamp_min_(0).to(torch.float64).sqrt_()
+            col_side = _sum_over_col_videos(nearest_in_row, col_seg) / col_seg.lengths.to(torch.float64).unsqueeze(0)
+            out[start:stop, part.start : part.stop] = (row_side + col_side) * 0.5
+    return out
+
+
 def chamfer_matrix(rows: FrameBlock, cols: FrameBlock, compute_dtype: torch.dtype = torch.float32, *,
                    max_rows: int = 4096, max_cols: int = 2048) -> torch.Tensor:
     """D(R_i, Q_j) for every row video i and column video j, float64 (m, n) on the device."""
-    device = rows.frames.device
-    out = torch.empty((rows.count, cols.count), dtype=torch.float64, device=device)
-    row_seg = rows.segments
-    row_lengths = row_seg.lengths.to(torch.float64).unsqueeze(1)
-    # Few rows (catching a handful of videos up with many picks): wider column chunks, same block size.
-    max_cols = max(max_cols, (max_rows * max_cols) // max(min(rows.frames.shape[0], max_rows), 1))
-    for col_start, col_stop in cols.chunks(max_cols):
-        col_block = cols.video_range(col_start, col_stop)
-        col_seg = col_block.segments
-        q = col_block.frames.to(compute_dtype)
-        q_sq = col_block.sq_norms
-        q_sq_max = q_sq.max()
-        # Per row frame: min squared distance to each column video; per row video: to each column frame.
-        row_min = torch.empty((rows.frames.shape[0], col_block.count), dtype=compute_dtype, device=device)
-        col_min = torch.empty((rows.count, q.shape[0]), dtype=compute_dtype, device=device)
-        for start, stop in rows.chunks(max_rows):
-            first, last = int(rows.offsets[start]), int(rows.offsets[stop])
-            r = rows.frames[first:last].to(compute_dtype)
-            r_sq = rows.sq_norms[first:last]
-            d2 = torch.addmm(r_sq.unsqueeze(1), r, q.t(), beta=1, alpha=-2)  # |x|^2 - 2 x.y
-            d2 += q_sq  # + |y|^2
-            _min_over_col_videos(d2, col_seg, row_min[first:last])
-            # Every entry is >= some row minimum: if no minimum is small, no entry suffers cancellation.
-            if float(row_min[first:last].min()) < float((r_sq.max() + q_sq_max) * REFINE_RATIO):
-                _refine_close_pairs(d2, r, q, r_sq, q_sq_max)
-                _min_over_col_videos(d2, col_seg, row_min[first:last])
-            _min_over_row_videos(d2, row_seg, start, stop, col_min[start:stop])
-        nearest_in_col = row_min.clamp_min_(0).to(torch.float64).sqrt_()
-        row_side = _sum_over_row_videos(nearest_in_col, row_seg) / row_lengths
-        nearest_in_row = col_min.clamp_min_(0).to(torch.float64).sqrt_()
-        col_side = _sum_over_col_videos(nearest_in_row, col_seg) / col_seg.lengths.to(torch.float64).unsqueeze(0)
-        out[:, col_start:col_stop] = (row_side + col_side) * 0.5
-    return out
+    parts = column_parts(cols, rows.frames.shape[0], max_rows=max_rows, max_cols=max_cols)
+    return chamfer_rows(rows, parts, compute_dtype, max_rows=max_rows)

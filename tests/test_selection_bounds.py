@@ -58,7 +58,7 @@ class _CheckedGreedy(_FastGreedy):
     def _choose(self):
         choice = super()._choose()
         k = self.selected.count_videos()
-        if k and self.full_block is None:
+        if k and not self.full_mode:
             chosen = self.selected.ids
             key = np.empty(self.pool.size)
             key[self.order] = self.key_by_row
