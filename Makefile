@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo demo-check run lint test bench docker-check clean
+.PHONY: setup browser demo demo-check run lint test bench docker-check docker-smoke clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
@@ -34,5 +34,11 @@ bench: setup
 clean:
 	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache scores.json
 
+# hadolint + compose config, no engine: needs Debian's docker-compose or `docker compose`.
 docker-check:
 	scripts/docker_check.sh
+
+# Builds and runs the CPU image for real (/health, `mdsvqa score` on ../shared/videos with the tiny
+# model): needs root, dockerd (started if none answers) and debootstrap (for the base image).
+docker-smoke:
+	scripts/docker_smoke.sh
