@@ -22,7 +22,7 @@ from ..errors import MdsVqaError
 from ..labelstudio.client import Connection, LabelStudioApi
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.predictions import control_numbers
-from ..prioritize.view import VIEW_TITLE, VIEW_TITLE_PREFIX
+from ..prioritize.view import RANK_FIELD, VIEW_TITLE, VIEW_TITLE_PREFIX
 from .pool import derive_pool
 from .processes import REPO, BackendService, LabelStudioService, start_backend, start_label_studio
 
@@ -242,6 +242,9 @@ def _check(studio: LabelStudioApi, project: int, view: int, queue: list[dict]) -
         raise DemoCheckFailed(f"the view is not ordered by priority: {scores[:10]}")
     if len(set(scores)) != len(scores):
         raise DemoCheckFailed("priorities are not distinct: the order would be ambiguous")
+    ranks = [t["data"].get(RANK_FIELD) for t in queue]
+    if ranks != list(range(1, len(queue) + 1)):
+        raise DemoCheckFailed(f"the tasks' {RANK_FIELD} column does not follow the queue: {ranks[:10]}")
     first = studio.next_task(project, view)
     if not first or first.get("id") != queue[0]["id"]:
         raise DemoCheckFailed(f"/next served task {first and first.get('id')}, the queue starts with {queue[0]['id']}")
