@@ -286,6 +286,11 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Score cache and downloads.")
     use_cache: bool = Field(True, description="Read and write the persistent score cache.")
+    ray_address: str | None = Field(
+        None, description="Run `mdsvqa score` / `score-project` on a Ray cluster (ray[data]): 'local' (or 'local:N' "
+        "with N CPUs) starts one here, 'auto' or host:port joins a running one, ray://host:10001 via Ray Client; "
+        "unset = one process (README, Scoring on Ray).",
+    )
 
     # Label Studio and the backend
     label_studio_url: str | None = Field(

@@ -22,6 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-project-version", dest="set_project_version", action="store_false",
                         help="Leave the project's model_version alone.")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="No progress bar.")
+    from ..scale import add_ray_arguments
+
+    add_ray_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -31,10 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import load_settings
 
     settings = load_settings(label_studio_url=args.url, label_studio_api_key=args.token, base=args.base,
-                             adapter=args.adapter, cache_dir=args.cache_dir)
+                             adapter=args.adapter, cache_dir=args.cache_dir, ray_address=args.ray_address)
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise ConfigurationError("give --url and --token, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    summary = score_project(settings, args.project, set_project_version=args.set_project_version,
-                            progress=args.progress)
+    if settings.ray_address:  # the same run with the model work on the cluster (ml_backend/scale)
+        from ..scale import ray_options
+        from ..scale.ray_project import score_project_on_ray
+
+        summary = score_project_on_ray(settings, args.project, settings.ray_address,
+                                       set_project_version=args.set_project_version, progress=args.progress,
+                                       **ray_options(args))
+    else:
+        summary = score_project(settings, args.project, set_project_version=args.set_project_version,
+                                progress=args.progress)
     print(summary.describe())
     return 0 if summary.failed_push == 0 else 1
