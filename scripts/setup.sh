@@ -23,7 +23,7 @@ fi
 echo "setup: installing $TORCH_SPEC"
 # shellcheck disable=SC2086  # TORCH_SPEC holds several requirements
 "$VENV/bin/python" -m pip install --quiet $TORCH_SPEC
-echo "setup: installing mdsvqa with test extras"
-"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+echo "setup: installing mdsvqa with test extras (and ray: the Ray pool is tested on a local cluster)"
+"$VENV/bin/python" -m pip install --quiet -e ".[test,ray]"
 echo "$wanted" > "$stamp"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, torchvision, transformers; print("torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)'))"
