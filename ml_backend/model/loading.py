@@ -167,9 +167,14 @@ def patch_layout(processor) -> PatchLayout:
         patch_size=int(ip.patch_size),
         temporal_patch_size=int(ip.temporal_patch_size),
         merge_size=int(ip.merge_size),
-        mean=tuple(float(x) for x in ip.image_mean),
-        std=tuple(float(x) for x in ip.image_std),
+        mean=_rgb(ip.image_mean),
+        std=_rgb(ip.image_std),
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = (float(x) for x in values)
+    return red, green, blue
 
 
 def _processor(base: ModelSource, name: str):
@@ -204,7 +209,7 @@ def load_model(settings: Settings) -> LoadedModel:
     processor = _processor(base, settings.base)
 
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        base_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(base.path),
             dtype=getattr(torch, runtime.dtype),
             attn_implementation=runtime.attention,
@@ -212,9 +217,9 @@ def load_model(settings: Settings) -> LoadedModel:
         )
     except Exception as exc:
         raise ModelNotFoundError(f"base model {settings.base!r}: cannot load weights from {base.path}: {exc}") from exc
-    model.to(runtime.device)
+    base_model.to(runtime.device)  # type: ignore[arg-type]  # transformers' wrapper on .to hides the binding
     try:
-        model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
+        model = PeftModel.from_pretrained(base_model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
                                           is_trainable=False)
     except Exception as exc:
         raise ModelNotFoundError(f"adapter {settings.adapter!r}: cannot load from {adapter.path}: {exc}") from exc

@@ -29,7 +29,7 @@ class AnswerTrie:
             self.depth = max(self.depth, len(seq))
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, end_ids: Sequence[int]) -> "AnswerTrie":
+    def for_tokenizer(cls, tokenizer, end_ids: Sequence[int]) -> AnswerTrie:
         answers = allowed_answers()
         encoded = tokenizer(answers, add_special_tokens=False)["input_ids"]
         return cls(encoded, end_ids)
@@ -44,9 +44,10 @@ class AnswerTrie:
         for token in generated:
             if token in self.end_ids and -1 in node:
                 return self.end_ids  # finished; generation pads after the end token
-            node = node.get(int(token))
-            if node is None:
+            child = node.get(int(token))
+            if child is None:
                 return self.end_ids  # cannot happen under the constraint; end rather than wander
+            node = child
         choices = [t for t in node if t != -1]
         if -1 in node:
             choices.extend(self.end_ids)

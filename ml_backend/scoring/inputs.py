@@ -27,7 +27,7 @@ class PreparedVideo:
     seconds_per_grid: float
 
     @classmethod
-    def from_decoded(cls, video: DecodedVideo, layout: PatchLayout) -> "PreparedVideo":
+    def from_decoded(cls, video: DecodedVideo, layout: PatchLayout) -> PreparedVideo:
         patches, grid = video_patches(video.frames, layout)
         return cls(patches, grid, video.plan.seconds_per_grid)
 
@@ -42,7 +42,7 @@ def model_input(path, video: VideoSettings, layout: PatchLayout) -> dict[str, np
         "pixel_values_videos": prepared.patches,
         "video_grid_thw": prepared.grid_thw[None],
         "second_per_grid_ts": np.asarray([prepared.seconds_per_grid], dtype=np.float64),
-        "num_video_tokens": np.int64(video_token_count(prepared.grid_thw, layout.merge_size)),
+        "num_video_tokens": np.asarray(video_token_count(prepared.grid_thw, layout.merge_size), dtype=np.int64),
     }
 
 

@@ -102,7 +102,7 @@ class DifficultyScorer:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "DifficultyScorer":
+    def from_settings(cls, settings: Settings) -> DifficultyScorer:
         """Resolve the model now (cheap); load its weights on the first video not in the cache."""
         cache = ScoreCache(settings.cache_path) if settings.use_cache else None
         return cls(resolve_model(settings), settings, cache)

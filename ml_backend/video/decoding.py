@@ -25,7 +25,8 @@ from ..errors import VideoError
 from ..settings import VideoSettings
 from .sampling import SamplingPlan, plan_sampling
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".yuv"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+                            ".3gp", ".yuv"})
 
 
 # In "decoder" mode, scale inside FFmpeg only for real downscales: there it skips a
@@ -231,8 +232,8 @@ def find_videos(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[
             found.append(path)
             continue
 
-        def report(error: OSError) -> None:
-            problems.append((Path(error.filename or path), f"cannot read directory: {error.strerror or error}"))
+        def report(error: OSError, root: Path = path) -> None:
+            problems.append((Path(error.filename or root), f"cannot read directory: {error.strerror or error}"))
 
         children: list[Path] = []
         for folder, _dirs, files in os.walk(path, onerror=report):
