@@ -65,6 +65,37 @@ def test_help_does_not_import_ray():
     assert run.stdout.strip() == "[]"
 
 
+def test_videos_a_dead_worker_took_are_retried_alone_then_reported(settings_factory):
+    """Ray Data drops an errored block (max_errored_blocks): the driver notices the missing rows."""
+    from ml_backend.scale.ray_pool import PoolItem, PoolSizing, RayPool, WorkerFacts
+
+    pool = RayPool(settings_factory(batch_size=4), PoolSizing(1, 1, 0), WorkerFacts({}, "v1", True), owns_ray=False)
+    rounds: list[tuple[list[int], int]] = []
+    lost_for_good = {3}
+
+    class Rows:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def iter_rows(self):
+            return iter(self.rows)
+
+    def dataset(items, batch_size):
+        rounds.append(([item.index for item in items], batch_size))
+        lost = {1, 3} if len(rounds) == 1 else lost_for_good
+        return Rows([{"index": item.index, "difficulty": 2.0, "raw_text": "<answer>2.0</answer>", "error": None,
+                      "final": True, "key": f"k{item.index}", "version": "v1"}
+                     for item in items if item.index not in lost])
+
+    pool._dataset = dataset
+    items = [PoolItem(i, f"/v/{i}.mp4", f"/v/{i}.mp4", digest=f"d{i}") for i in range(5)]
+    results = {r.index: r for r in pool.run(items)}
+    assert rounds == [([0, 1, 2, 3, 4], 4), ([1, 3], 1)]
+    assert sorted(results) == [0, 1, 2, 3, 4]
+    assert results[1].ok and results[1].key == "k1"
+    assert not results[3].ok and not results[3].final and "/v/3.mp4: no result" in results[3].error
+
+
 # -- the same inputs on every engine (no cluster: the two halves called directly) ------------------
 
 def test_worker_decode_and_actor_patches_equal_prepare_video(settings_factory, shared_videos, one_torch_thread):
