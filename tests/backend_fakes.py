@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ml_backend.scoring import ScoreResult
+from tests.loopback import LoopbackServer
 
 FAKE_VERSION = "FAKE-base+adapter@00000000"
 
@@ -56,7 +57,7 @@ class FakeScorer:
                                   FAKE_VERSION)
 
 
-class FakeServer:
+class FakeServer(LoopbackServer):
     """Serves media with the behaviours the resolver must handle, and a sliver of Label Studio's API.
 
     Routes: /data/upload/<p>/<name> (needs ``Token <token>``), /storage-data/uploaded/?filepath=,
@@ -132,19 +133,4 @@ class FakeServer:
                     return self._send(201, json.dumps(record).encode(), "application/json")
                 return self._send(404)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, on_exit=self.release.set)

@@ -84,3 +84,21 @@ def browser(tmp_path):
     from tests.browser import open_browser
 
     yield from open_browser(tmp_path)
+
+
+@pytest.fixture
+def make_outbox(tmp_path):
+    """``make(kinds, **options)``: a started outbox in the test's folder, stopped at the end."""
+    from ml_backend.server.outbox import Outbox
+
+    made: list[Outbox] = []
+
+    def make(kinds, **kwargs) -> Outbox:
+        outbox = Outbox(tmp_path / f"outbox{len(made)}.sqlite", kinds, **kwargs)
+        outbox.start()
+        made.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in made:
+        outbox.stop()

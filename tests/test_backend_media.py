@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from ml_backend.labelstudio.media import (
 )
 from tests.backend_fakes import FakeServer
 from tests.conditions import wait_for
+from tests.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def test_media_key_makes_relative_references_absolute():
 
 # --- hostile peers ------------------------------------------------------------------------------
 
-class SlowServer:
+class SlowServer(LoopbackServer):
     """A loopback media server that sends slowly, on purpose.
 
     /drip/<n>: declares n bytes and sends one every ``interval`` s (``finished`` is set once all are sent);
@@ -208,22 +209,7 @@ class SlowServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> SlowServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, on_exit=self.stop.set)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.server.outbox import ActionKind, Outbox, RetryLater
+from ml_backend.server.outbox import ActionKind, RetryLater
 from ml_backend.server.outbox_state import ActionPolicy
 from tests.conditions import wait_for
 
@@ -33,21 +33,6 @@ class Recorder:
             if self.fail > 0:
                 self.fail -= 1
                 raise self.error("not yet")
-
-
-@pytest.fixture
-def make_outbox(tmp_path):
-    made: list[Outbox] = []
-
-    def make(kinds: dict[str, ActionKind], **kwargs) -> Outbox:
-        outbox = Outbox(tmp_path / "outbox.sqlite", kinds, **kwargs)
-        outbox.start()
-        made.append(outbox)
-        return outbox
-
-    yield make
-    for outbox in made:
-        outbox.stop()
 
 
 def test_runs_each_key_once_with_the_latest_payload(make_outbox):

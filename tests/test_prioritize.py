@@ -486,23 +486,16 @@ class _Runs:
 
 
 @pytest.fixture
-def pass_outbox(tmp_path):
+def pass_outbox(make_outbox):
     """Ordering passes as the backend runs them: the outbox's priority kind on its slow lane."""
     from ml_backend.server.actions import priority_policy
-    from ml_backend.server.outbox import ActionKind, Outbox
-
-    made = []
+    from ml_backend.server.outbox import ActionKind
 
     def make(runs, debounce_s, **policy):
         kind = ActionKind(dataclasses.replace(priority_policy(debounce_s), **policy), runs)
-        outbox = Outbox(tmp_path / f"outbox{len(made)}.sqlite", {"priority": kind}, lanes={"slow": 1})
-        outbox.start()
-        made.append(outbox)
-        return outbox
+        return make_outbox({"priority": kind}, lanes={"slow": 1})
 
-    yield make
-    for outbox in made:
-        outbox.stop()
+    return make
 
 
 def test_asks_within_the_quiet_period_make_one_pass(pass_outbox):
