@@ -38,6 +38,29 @@ def test_demo_check_runs_the_whole_loop_and_stops_everything(tmp_path, label_stu
 
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert f"logs: {tmp_path.resolve() / 'label-studio' / 'label-studio.log'}" in output
+    # A newcomer runs it again in the same folder: same Label Studio user, everything still works.
+    again = subprocess.run([sys.executable, "-m", "ml_backend.cli", "demo", "--check", "--workdir", str(tmp_path)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    second = again.stdout + again.stderr
+    assert again.returncode == 0 and "check passed" in second, second[-3000:]
+
+
+def test_reset_deletes_only_a_demo_folder(tmp_path):
+    from ml_backend.demo.run import MARKER, reset_workdir
+    from ml_backend.errors import MdsVqaError
+
+    stranger = tmp_path / "not-a-demo"
+    (stranger / "label-studio").mkdir(parents=True)
+    with pytest.raises(MdsVqaError, match="not made by"):
+        reset_workdir(stranger)
+    assert (stranger / "label-studio").exists()
+    demo = tmp_path / "demo"
+    (demo / "label-studio" / "label-studio-data").mkdir(parents=True)
+    (demo / MARKER).touch()
+    reset_workdir(demo)
+    assert not demo.exists()
+    reset_workdir(demo)  # nothing there: nothing to do
 
 
 def test_a_kept_label_studio_data_dir_keeps_its_user(tmp_path):

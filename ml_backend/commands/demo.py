@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--budget", type=int, default=8, help="Greedy picks at the head of the queue.")
     parser.add_argument("--show", type=int, default=10, help="Queue entries to print.")
     parser.add_argument("--check", action="store_true", help="Verify headless, stop everything, exit.")
+    parser.add_argument("--reset", action="store_true", help="Delete the demo folder first (Label Studio's data "
+                        "and user, scores, model versions, logs) and start clean.")
     parser.set_defaults(run=run)
 
 
@@ -29,4 +31,5 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.run import SHARED_VIDEOS, DemoOptions, run_demo
 
     return run_demo(DemoOptions(workdir=Path(args.workdir), videos=Path(args.videos) if args.videos else SHARED_VIDEOS,
-                                port=args.port, budget=args.budget, check=args.check, show=args.show))
+                                port=args.port, budget=args.budget, check=args.check, show=args.show,
+                                reset=args.reset))

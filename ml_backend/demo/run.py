@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,23 @@ class DemoOptions:
     budget: int = 8
     check: bool = False
     show: int = 10
+    reset: bool = False
+
+
+MARKER = ".mdsvqa-demo"  # written into every demo folder: --reset deletes only folders that hold it
+
+
+def reset_workdir(workdir: Path) -> None:
+    """Delete the demo folder (Label Studio's data and user, scores, versions, logs) to start clean.
+
+    Only a folder the demo made (it holds MARKER) is deleted; anything else is refused.
+    """
+    if not workdir.exists():
+        return
+    if not (workdir / MARKER).exists():
+        raise MdsVqaError(f"{workdir} was not made by `mdsvqa demo` (no {MARKER} in it): not deleting it")
+    shutil.rmtree(workdir)
+    say(f"reset: removed {workdir}")
 
 
 def say(message: str) -> None:
@@ -114,7 +132,12 @@ TINY_ENV = {"MDSVQA_FEATURES_EXTRACTOR": "vision", "MDSVQA_PRIORITY_DIVERSITY_LA
 
 def run_demo(options: DemoOptions) -> int:
     workdir = options.workdir.resolve()
+    if options.reset:
+        reset_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).touch()
+    say(f"working in {workdir}; logs: {workdir / 'label-studio' / 'label-studio.log'} and "
+        f"{workdir / 'backend.log'} (--reset starts from scratch)")
     base, adapter, tiny = choose_model(workdir)
     tiny_env = TINY_ENV if tiny else {}
     if tiny:
