@@ -147,7 +147,7 @@ class PrioritySummary:
                          f"{len(self.seeds_without_features)}")
         if self.sampling != SEQUENTIAL:
             lines.append(f"  warning: the project uses {self.sampling!r}; Label Studio follows the view only under "
-                         f"{SEQUENTIAL!r} (Settings > Annotation > Task Sampling > Sequential)")
+                         f"{SEQUENTIAL!r} (Settings > General > Task Sampling > Sequential sampling)")
         if self.order:
             head = ", ".join(str(task_id) for task_id in self.queue[:10])
             lines.append(f"  queue head (task ids):        {head}{' ...' if len(self.order) > 10 else ''}")
