@@ -271,36 +271,13 @@ class ScoreBatches:
         return out
 
     def _score(self, ready: list) -> Iterator[tuple[int, float | None, str | None, str | None]]:
-        """(row, score, raw text, error) per video, as DifficultyScorer._run_batch decides them."""
+        """(row, score, raw text, error) per video, by the scorer's own batch rules (``answer_videos``)."""
         if not ready:
             return
-        scorer = self.scorer
-        if len(ready) > 1:
-            from ..scoring.budget import token_budget
-            from ..video.patches import video_token_count
-
-            merge = scorer.loaded.layout.merge_size
-            tokens = [video_token_count(video.grid_thw, merge) for _, _, video in ready]
-            if not token_budget(scorer.settings, scorer.loaded).batch_fits(tokens):
-                log.info("%d videos of very different lengths: scored one at a time", len(ready))
-                for item in ready:
-                    yield from self._score([item])
-                return
-        try:
-            answers = scorer.generator.generate([video for _, _, video in ready])
-        except Exception:
-            if len(ready) == 1:
-                row, name, _video = ready[0]
-                log.exception("model failed on %s", name)
-                yield row, None, None, f"{name}: the model failed on this video (see log)"
-                return
-            log.warning("batch of %d failed; retrying one video at a time", len(ready), exc_info=True)
-            for item in ready:
-                yield from self._score([item])
-            return
-        for (row, name, _video), answer in zip(ready, answers):
-            if answer.score is None:
-                yield row, None, answer.text, f"{name}: {answer.error}"
+        outcomes = self.scorer.answer_videos([video for _, _, video in ready], [name for _, name, _ in ready])
+        for (row, _name, _video), (answer, error, _features) in zip(ready, outcomes):
+            if answer is None or answer.score is None:
+                yield row, None, answer.text if answer else None, error
             else:
                 yield row, float(answer.score), answer.text, None
 

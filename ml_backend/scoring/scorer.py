@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from ..video.patches import video_token_count
 from ..video.sampling import SamplingPlan
 from .budget import token_budget
 from .cache import CachedScore, ScoreCache, cache_key
-from .generation import AnswerGenerator, decoding_identity
+from .generation import Answer, AnswerGenerator, decoding_identity
 from .inputs import PreparedVideo
 
 log = logging.getLogger(__name__)
@@ -225,41 +225,49 @@ class DifficultyScorer:
                 yield self._result(item.path, error=f"{item.path}: {type(exc).__name__}: {exc}")
         if not ready:
             return
-        if len(ready) > 1 and not self._batch_fits([video for _, video in ready]):
-            # Prompts of different lengths need a padding mask as large as the longest squared:
-            # past one video's allowance, the videos run one at a time (no mask at all).
-            log.info("%d videos of very different lengths: scored one at a time", len(ready))
-            for item, _video in ready:
-                yield from self._run_batch([item])
-            return
-        try:
-            videos = [video for _, video in ready]
-            if not self.with_features or self.frame_features:
-                answers = self.generator.generate(videos)
-            else:
-                grids = np.stack([video.grid_thw for video in videos])
-                with capture_vision_features(self.loaded, grids) as features:
-                    answers = self.generator.generate(videos)
-                for (item, _video), embedding in zip(ready, features):
-                    item.features = embedding
-        except Exception:
-            if len(ready) == 1:
-                item = ready[0][0]
-                log.exception("model failed on %s", item.path)
-                yield self._result(item.path, error=f"{item.path}: the model failed on this video (see log)")
-                return
-            log.warning("batch of %d failed; retrying one video at a time", len(ready), exc_info=True)
-            for item, _video in ready:
-                yield from self._run_batch([item])
-            return
-        for (item, _video), answer in zip(ready, answers):
-            if answer.score is None:
-                yield self._result(item.path, text=answer.text, error=f"{item.path}: {answer.error}",
-                                   features=item.features)
+        outcomes = self.answer_videos([video for _, video in ready], [str(item.path) for item, _ in ready],
+                                      capture_vision=self.with_features and not self.frame_features)
+        for (item, _video), (answer, error, embedding) in zip(ready, outcomes):
+            features = item.features if item.features is not None else embedding
+            if answer is None or answer.score is None:
+                yield self._result(item.path, text=answer.text if answer else None, error=error, features=features)
                 continue
             if self.cache is not None:
                 self.cache.put(item.key, CachedScore(answer.score, answer.text, self.model_version))
-            yield self._result(item.path, score=answer.score, text=answer.text, features=item.features)
+            yield self._result(item.path, score=answer.score, text=answer.text, features=features)
+
+    def answer_videos(self, videos: Sequence[PreparedVideo], names: Sequence[str], *,
+                      capture_vision: bool = False) -> list[tuple[Answer | None, str | None, np.ndarray | None]]:
+        """The model's answer for each prepared video, with the batch rules every engine path shares.
+
+        Per video: (answer, error or None, vision-tower features when ``capture_vision``). A
+        padded batch whose mask would not fit the budget runs one video at a time; a batch the
+        model rejects is retried one video at a time, so only the culprit fails.
+        """
+        if len(videos) > 1 and not self._batch_fits(list(videos)):
+            # Prompts of different lengths need a padding mask as large as the longest squared:
+            # past one video's allowance, the videos run one at a time (no mask at all).
+            log.info("%d videos of very different lengths: scored one at a time", len(videos))
+            return [outcome for video, name in zip(videos, names)
+                    for outcome in self.answer_videos([video], [name], capture_vision=capture_vision)]
+        try:
+            embeddings: list[np.ndarray | None] = [None] * len(videos)
+            if capture_vision:
+                grids = np.stack([video.grid_thw for video in videos])
+                with capture_vision_features(self.loaded, grids) as features:
+                    answers = self.generator.generate(list(videos))
+                embeddings = list(features)
+            else:
+                answers = self.generator.generate(list(videos))
+        except Exception:
+            if len(videos) == 1:
+                log.exception("model failed on %s", names[0])
+                return [(None, f"{names[0]}: the model failed on this video (see log)", None)]
+            log.warning("batch of %d failed; retrying one video at a time", len(videos), exc_info=True)
+            return [outcome for video, name in zip(videos, names)
+                    for outcome in self.answer_videos([video], [name], capture_vision=capture_vision)]
+        return [(answer, None if answer.score is not None else f"{name}: {answer.error}", embedding)
+                for answer, name, embedding in zip(answers, names, embeddings)]
 
     def _batch_fits(self, videos: list[PreparedVideo]) -> bool:
         merge = self.loaded.layout.merge_size
