@@ -195,6 +195,7 @@ PY
 say "score: ${score_s}s, $summary (tiny random model: meaningless values)"
 
 if [[ "${SMOKE_REMOVE_IMAGES:-0}" == 1 ]]; then
+  docker rm -f -v "$name" >/dev/null
   docker rmi "$image" >/dev/null
   stages=$(docker images -q --filter dangling=true --filter label=mdsvqa.build-stage=true)
   # shellcheck disable=SC2086  # one id per word
