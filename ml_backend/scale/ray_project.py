@@ -20,8 +20,6 @@ computes those it lacks (``prioritize.features``).
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
 from ..errors import ConfigurationError
 from ..settings import Settings
@@ -34,15 +32,11 @@ def score_project_on_ray(settings: Settings, project_id: int, address: str, *, s
     """Score the project's tasks on the Ray cluster at ``address``; a ProjectRunSummary as the plain run's."""
     from tqdm import tqdm
 
-    from ..labelstudio.client import Connection, LabelStudioApiError, api_for
+    from ..labelstudio.client import Connection, api_for
     from ..labelstudio.config import parse_label_config
     from ..labelstudio.media import describe, media_key
-    from ..labelstudio.predictions import build_prediction
-    from ..prioritize.order import new_prediction_priority
     from ..scoring.cache import CachedScore, ScoreCache
-    from ..server.actions import PUSH, post_prediction, push_payload
-    from ..server.outbox import ActionKind, Outbox
-    from ..server.project_run import PUSH_WAIT_S, ProjectRunSummary, project_outbox_path
+    from ..server.project_run import ProjectDelivery, ProjectRunSummary
     from ..server.store import BackendStore, StoredOutcome
     from .ray_pool import MediaAccess, PoolItem, RayPool
 
@@ -59,24 +53,8 @@ def score_project_on_ray(settings: Settings, project_id: int, address: str, *, s
     summary = ProjectRunSummary(project_id, version)
     store = BackendStore(settings.backend_state_path)
     cache = ScoreCache(settings.cache_path) if settings.use_cache else None
-    counts_lock = threading.Lock()
-
-    def push(_key: str, payload: dict[str, Any]) -> None:
-        posted = post_prediction(api, int(payload["task"]), dict(payload["prediction"]))
-        with counts_lock:
-            if posted:
-                summary.posted += 1
-            else:
-                summary.already_present += 1
-
-    def count_outcome(_kind: str, result: str) -> None:
-        if result == "gave_up":
-            with counts_lock:
-                summary.failed_push += 1
-
-    outbox = Outbox(project_outbox_path(settings, project_id), {"push": ActionKind(PUSH, push)}, lanes={"fast": 2},
-                    on_outcome=count_outcome)
-    outbox.start()
+    delivery = ProjectDelivery(settings, api, project_id, config, version, summary)
+    delivery.start()
     try:
         stored: list[tuple[int, StoredOutcome]] = []
         tasks_of: dict[str, list[int]] = {}  # media key -> tasks showing that video
@@ -101,14 +79,7 @@ def score_project_on_ray(settings: Settings, project_id: int, address: str, *, s
         bar.update(unusable)
 
         def deliver(task_id: int, difficulty: float | None, error: str | None) -> None:
-            if difficulty is None:
-                summary.failed_video += 1
-                log.warning("task %s: no prediction: %s", task_id, error or "no outcome")
-            else:
-                score = new_prediction_priority(difficulty, task_id)  # as the backend's (prioritize.order)
-                key, payload = push_payload(task_id, project_id,
-                                            build_prediction(difficulty, config, version, score=score))
-                outbox.ask("push", key, payload)
+            delivery.deliver(task_id, difficulty, error)
             bar.update(1)
 
         for task_id, outcome in stored:
@@ -127,19 +98,9 @@ def score_project_on_ray(settings: Settings, project_id: int, address: str, *, s
             for task_id in tasks_of[key]:
                 deliver(task_id, result.difficulty, result.error)
         bar.close()
-        if not outbox.wait_idle(PUSH_WAIT_S):
-            summary.still_queued = len(outbox.pending("push"))
-            log.error("project %s: Label Studio did not take %d predictions within %.0f s", project_id,
-                      summary.still_queued, PUSH_WAIT_S)
-        if set_project_version and (summary.posted or summary.already_present):
-            try:
-                if api.project_model_version(project_id) != version:
-                    api.set_project_model_version(project_id, version)
-                summary.project_version_set = True
-            except LabelStudioApiError as exc:
-                log.error("project %s: model_version not set: %s", project_id, exc)
+        delivery.finish(set_project_version=set_project_version)
     finally:
-        outbox.stop()
+        delivery.stop()
         store.close()
         if cache is not None:
             cache.close()

@@ -66,6 +66,68 @@ def project_outbox_path(settings: Settings, project_id: int) -> Any:
     return settings.cache_dir / f"outbox-project-{project_id}.sqlite"
 
 
+class ProjectDelivery:
+    """Where a score-project run's predictions go: its own outbox (the server's push policy, kept
+    on disk), counted into ``summary``; then the project's model_version. Shared by the
+    single-process run and the Ray run (``ml_backend.scale.ray_project``)."""
+
+    def __init__(self, settings: Settings, api: Any, project_id: int, config: Any, version: str,
+                 summary: ProjectRunSummary) -> None:
+        self._api = api
+        self._project_id = project_id
+        self._config = config
+        self._version = version
+        self.summary = summary
+        self._lock = threading.Lock()
+        self.outbox = Outbox(project_outbox_path(settings, project_id), {"push": ActionKind(PUSH, self._push)},
+                             lanes={"fast": 2}, on_outcome=self._count_outcome)
+
+    def start(self) -> None:
+        self.outbox.start()
+
+    def stop(self) -> None:
+        self.outbox.stop()
+
+    def _push(self, _key: str, payload: dict[str, Any]) -> None:
+        posted = post_prediction(self._api, int(payload["task"]), dict(payload["prediction"]))
+        with self._lock:
+            if posted:
+                self.summary.posted += 1
+            else:
+                self.summary.already_present += 1
+
+    def _count_outcome(self, _kind: str, result: str) -> None:
+        if result == "gave_up":
+            with self._lock:
+                self.summary.failed_push += 1
+
+    def deliver(self, task_id: int, difficulty: float | None, error: str | None) -> None:
+        """Queue the task's prediction (the score the backend would give it), or count the failure."""
+        if difficulty is None:
+            self.summary.failed_video += 1
+            log.warning("task %s: no prediction: %s", task_id, error or "no outcome")
+            return
+        score = new_prediction_priority(difficulty, task_id)  # as the backend's (prioritize.order)
+        key, payload = push_payload(task_id, self._project_id,
+                                    build_prediction(difficulty, self._config, self._version, score=score))
+        self.outbox.ask("push", key, payload)
+
+    def finish(self, *, set_project_version: bool) -> None:
+        """Wait (bounded) for Label Studio to take the predictions, then set the project's model_version."""
+        summary, project_id, version = self.summary, self._project_id, self._version
+        if not self.outbox.wait_idle(PUSH_WAIT_S):
+            summary.still_queued = len(self.outbox.pending("push"))
+            log.error("project %s: Label Studio did not take %d predictions within %.0f s", project_id,
+                      summary.still_queued, PUSH_WAIT_S)
+        if set_project_version and (summary.posted or summary.already_present):
+            try:
+                if self._api.project_model_version(project_id) != version:
+                    self._api.set_project_model_version(project_id, version)
+                summary.project_version_set = True
+            except LabelStudioApiError as exc:
+                log.error("project %s: model_version not set: %s", project_id, exc)
+
+
 def score_project(settings: Settings, project_id: int, *, set_project_version: bool = True,
                   progress: bool = True) -> ProjectRunSummary:
     from tqdm import tqdm
@@ -90,25 +152,8 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
     queue = ScoringQueue(scorer=lambda: scorer, resolver=resolver, store=store, on_features=features.record,
                          metrics=BackendMetrics(), on_late_result=lambda *_: None, batch_size=settings.batch_size,
                          download_workers=settings.download_workers)
-    counts_lock = threading.Lock()
-
-    def push(_key: str, payload: dict[str, Any]) -> None:
-        posted = post_prediction(api, int(payload["task"]), dict(payload["prediction"]))
-        with counts_lock:
-            if posted:
-                summary.posted += 1
-            else:
-                summary.already_present += 1
-
-    def count_outcome(_kind: str, result: str) -> None:
-        if result == "gave_up":
-            with counts_lock:
-                summary.failed_push += 1
-
-    # Pushes go through the same outbox mechanism and policy as the server's (retried, kept on disk).
-    outbox = Outbox(project_outbox_path(settings, project_id), {"push": ActionKind(PUSH, push)}, lanes={"fast": 2},
-                    on_outcome=count_outcome)
-    outbox.start()
+    delivery = ProjectDelivery(settings, api, project_id, config, version, summary)
+    delivery.start()
     queue.start()
     try:
         work = enqueue_project(api, project_id, config, version, queue, store)
@@ -123,30 +168,14 @@ def score_project(settings: Settings, project_id: int, *, set_project_version: b
                 outcome: StoredOutcome | JobOutcome | None = pending.outcome
             else:
                 outcome = pending
-            if outcome is None or outcome.difficulty is None:
-                summary.failed_video += 1
-                log.warning("task %s: no prediction: %s", task_id, outcome.error if outcome else "no outcome")
-            else:
-                score = new_prediction_priority(outcome.difficulty, task_id)  # as the backend's (prioritize.order)
-                key, payload = push_payload(task_id, project_id,
-                                            build_prediction(outcome.difficulty, config, version, score=score))
-                outbox.ask("push", key, payload)
+            delivery.deliver(task_id, outcome.difficulty if outcome else None,
+                             outcome.error if outcome else None)
             bar.update(1)
         bar.close()
-        if not outbox.wait_idle(PUSH_WAIT_S):
-            summary.still_queued = len(outbox.pending("push"))
-            log.error("project %s: Label Studio did not take %d predictions within %.0f s", project_id,
-                      summary.still_queued, PUSH_WAIT_S)
-        if set_project_version and (summary.posted or summary.already_present):
-            try:
-                if api.project_model_version(project_id) != version:
-                    api.set_project_model_version(project_id, version)
-                summary.project_version_set = True
-            except LabelStudioApiError as exc:
-                log.error("project %s: model_version not set: %s", project_id, exc)
+        delivery.finish(set_project_version=set_project_version)
     finally:
         queue.stop()
-        outbox.stop()
+        delivery.stop()
         resolver.close()
         store.close()
     return summary
