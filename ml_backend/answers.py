@@ -52,3 +52,17 @@ def score_texts() -> list[str]:
 def allowed_answers() -> list[str]:
     """The complete answers the constrained decoder admits: ``<answer>`` + a score text + ``</answer>``."""
     return [f"<answer>{text}</answer>" for text in score_texts()]
+
+
+# The same answers as one regular expression, for engines that constrain text rather than tokens
+# (vLLM's structured outputs): 1-4 with none, one or two decimals, or 5, 5.0, 5.00.
+ANSWER_REGEX = r"<answer>(?:[1-4](?:\.[0-9][0-9]?)?|5(?:\.00?)?)</answer>"
+
+
+def answer_regex() -> str:
+    """A regex whose language is exactly :func:`allowed_answers` (tested).
+
+    It constrains characters, not tokens: an engine applying it also admits other token spellings
+    of the same answers, which the token trie of ``scoring.constraint`` does not.
+    """
+    return ANSWER_REGEX

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("report", "report"),
     ("demo", "demo"),
     ("tiny-model", "tiny_model"),
+    ("export", "export"),
     ("serve", "serve"),
     ("score-project", "score_project"),
     ("prioritize", "prioritize"),

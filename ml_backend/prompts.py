@@ -33,7 +33,9 @@ PROMPTS: dict[str, str] = {
 # Bump when a prompt or the model input changes: it is part of every score-cache key.
 # 2: no "Video 1: ", float32 frame indices, float pixel budget, torchvision resize,
 #    second_per_grid_ts 1.0, answers in the model's own formats.
-PROMPT_VERSION = 2
+# 3: video tokens at their 3-D M-RoPE positions, as the reference and vLLM place them (transformers 5
+#    computes them only from mm_token_type_ids, which we did not pass: videos had text positions).
+PROMPT_VERSION = 3
 
 
 def prompt_text(task: Task) -> str:

@@ -249,6 +249,34 @@ class TrainingSettings(BaseSettings):
         return value
 
 
+class VllmSettings(BaseSettings):
+    """The vLLM engine (``MDSVQA_ENGINE=vllm``, the ``vllm`` extra; README, Scoring with vLLM)."""
+
+    model_config = SettingsConfigDict(env_prefix="MDSVQA_VLLM_", extra="forbid")
+
+    constraint: Literal["trie", "regex"] = Field(
+        "trie", description="How decoding='constrained' is enforced: 'trie' = the HF engine's answer trie as a vLLM "
+        "logits processor (same token paths, same answers); 'regex' = vLLM's structured outputs with a regex of "
+        "the same answers (any spelling of them in tokens: an untrained model may answer differently).",
+    )
+    gpu_memory_utilization: float = Field(
+        0.45, gt=0, le=1, description="Share of the GPU's memory one engine takes (CUDA). Below one half, so that "
+        "the engine of a newly activated version starts beside the one still serving.",
+    )
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size of one engine in GiB; unset = vLLM's own choice (CUDA: from "
+        "gpu_memory_utilization; CPU: VLLM_CPU_KVCACHE_SPACE or vLLM's default).",
+    )
+    max_model_len: int | None = Field(
+        None, ge=256, description="Longest prompt + answer in tokens; unset = the model's own limit. Videos with "
+        "more visual tokens are refused before decoding.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (tensor parallel).")
+    enforce_eager: bool = Field(
+        False, description="No CUDA graphs or torch.compile: starts faster, generates slower.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a run of ``mdsvqa`` can be told from the environment."""
 
@@ -265,6 +293,10 @@ class Settings(BaseSettings):
         "auto", description="'auto' = FlashAttention-2 when installed on CUDA, else SDPA."
     )
     offline: bool = Field(False, description="Never contact the model hub; use local files and the HF cache only.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Inference engine: 'hf' = transformers + PEFT (adapters on the shared base); 'vllm' = vLLM "
+        "(the vllm extra) on a merged checkpoint per adapter version, cached under MDSVQA_CACHE_DIR/merged.",
+    )
 
     # Decoding
     decoding: Literal["constrained", "greedy", "sample"] = Field(
@@ -347,6 +379,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     priority: PrioritySettings = Field(default_factory=PrioritySettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
 
     @property
     def cache_path(self) -> Path:
@@ -370,6 +403,12 @@ class Settings(BaseSettings):
     @property
     def download_dir(self) -> Path:
         return self.cache_dir / "downloads"
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        if self.engine == "vllm" and self.ray_address:
+            raise ValueError("the vLLM engine does not run on Ray yet: use --engine hf with --ray, or vLLM alone")
+        return self
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
     from ..scale import add_ray_arguments
 
     add_ray_arguments(parser)
+    from ..engines import add_engine_argument
+
+    add_engine_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(base=args.base, adapter=args.adapter, device=args.device, batch_size=args.batch_size,
                              decoding=args.decoding, num_samples=args.num_samples, offline=args.offline,
                              use_cache=False if args.no_cache else None, ray_address=args.ray_address,
-                             **feature_overrides(args))
+                             engine=args.engine, **feature_overrides(args))
     if settings.ray_address and args.features:
         from ..errors import ConfigurationError
 

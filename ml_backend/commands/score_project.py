@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
     from ..scale import add_ray_arguments
 
     add_ray_arguments(parser)
+    from ..engines import add_engine_argument
+
+    add_engine_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import load_settings
 
     settings = load_settings(label_studio_url=args.url, label_studio_api_key=args.token, base=args.base,
-                             adapter=args.adapter, cache_dir=args.cache_dir, ray_address=args.ray_address)
+                             adapter=args.adapter, cache_dir=args.cache_dir, ray_address=args.ray_address,
+                             engine=args.engine)
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise ConfigurationError("give --url and --token, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     if settings.ray_address:  # the same run with the model work on the cluster (ml_backend/scale)

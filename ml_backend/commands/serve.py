@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--predict-deadline", type=float, dest="predict_deadline_s",
                         help="Seconds /predict may take before the rest is pushed later (MDSVQA_PREDICT_DEADLINE_S).")
     parser.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N' (MDSVQA_DEVICE).")
+    from ..engines import add_engine_argument
+
+    add_engine_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(base=args.base, adapter=args.adapter, host=args.host, port=args.port,
                              model_dir=args.model_dir, cache_dir=args.cache_dir, threads=args.threads,
-                             predict_deadline_s=args.predict_deadline_s, device=args.device)
+                             predict_deadline_s=args.predict_deadline_s, device=args.device,
+                             engine=args.engine)
     level = {0: "info", 1: "info", 2: "debug"}.get(args.verbose, "debug")
     serve(settings, log_level=level)
     return 0

@@ -77,9 +77,11 @@ def write_tiny_model(directory: str | Path, *, seed: int = 0) -> tuple[Path, Pat
 
     config = Qwen2_5_VLConfig(
         text_config={
+            # Attention heads of 32 (2 x 32 = 64, grouped-query with 1 key/value head): vLLM refuses a
+            # text head size of 16; M-RoPE sections sum to half the head size, split as in the 7B (1:1.5:1.5).
             "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-            "rope_theta": 1_000_000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32768,
+            "rope_theta": 1_000_000.0, "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },

@@ -46,6 +46,17 @@ def model_input(path, video: VideoSettings, layout: PatchLayout) -> dict[str, np
     }
 
 
+# transformers' modality of each token (0 text, 1 image, 2 video): Qwen2.5-VL's forward builds the
+# 3-D M-RoPE positions (time, row, column) of the video tokens only when it is given; without it
+# (transformers 5) every token, video ones included, gets a plain text position.
+VIDEO_TOKEN_TYPE = 2
+
+
+def mm_token_type_ids(input_ids, video_token_id: int):
+    """``mm_token_type_ids`` for ``generate`` / ``forward``: 2 at the video placeholders, 0 elsewhere."""
+    return (input_ids == int(video_token_id)).long() * VIDEO_TOKEN_TYPE
+
+
 class PromptEncoder:
     """Renders the checkpoint's chat template for a task and expands the video placeholder."""
 
@@ -104,6 +115,7 @@ class PromptEncoder:
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
+            "mm_token_type_ids": mm_token_type_ids(input_ids, self.video_token_id),  # video tokens' M-RoPE positions
             # One video: its own array, not a copy (a 10 min video's patches are GBs).
             "pixel_values_videos": torch.from_numpy(videos[0].patches if len(videos) == 1
                                                     else np.concatenate([v.patches for v in videos])),

@@ -103,9 +103,31 @@ class DifficultyScorer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DifficultyScorer:
-        """Resolve the model now (cheap); load its weights on the first video not in the cache."""
+        """Resolve the model now (cheap); load its weights on the first video not in the cache.
+
+        With ``settings.engine == "vllm"`` the scorer runs on vLLM (``ml_backend.engines.vllm_engine``).
+        """
+        if settings.engine == "vllm" and cls is DifficultyScorer:
+            from ..engines.vllm_engine import VllmScorer
+
+            return VllmScorer.from_settings(settings)
         cache = ScoreCache(settings.cache_path) if settings.use_cache else None
         return cls(resolve_model(settings), settings, cache)
+
+    def for_adapter(self, name: str, location: str, *, label: str | None = None) -> DifficultyScorer:
+        """A scorer of another adapter (e.g. a trained version) sharing this one's cache.
+
+        Here the adapter is loaded by name onto the shared base; an engine that serves merged
+        checkpoints builds its own model for it instead (see ``owns_model``).
+        """
+        loaded = self.loaded
+        loaded.load_adapter(name, location, self.settings, label=label)
+        return DifficultyScorer(loaded.spec, self.settings, self.cache, loaded=loaded, adapter=name)
+
+    @property
+    def owns_model(self) -> bool:
+        """True when closing this scorer frees its own model (an adapter of the shared base is unloaded instead)."""
+        return False
 
     @property
     def loaded(self) -> LoadedModel:
@@ -200,15 +222,20 @@ class DifficultyScorer:
         path = item[0]
         encoder = self._frame_encoder() if self.frame_features else None
         if encoder is None:
-            return _Prepared(prepare_video(path, self.settings, self.loaded))
+            return _Prepared(self._prepare_video(path))
         accumulator = FrameFeatureAccumulator(encoder, self.settings.features.batch_size, keep_going=True)
-        video = prepare_video(path, self.settings, self.loaded, every_frame=accumulator)
+        video = self._prepare_video(path, every_frame=accumulator)
         try:
             features = accumulator.finish()
         except FrameFeatureError as exc:
             log.error("%s: no selection features: %s", path, exc)
             features = None
         return _Prepared(video, features)
+
+    def _prepare_video(self, path: Path, *, every_frame: Callable[[np.ndarray, int], None] | None = None
+                       ) -> PreparedVideo:
+        """One video as this scorer's model takes it (here: :func:`prepare_video`'s patches)."""
+        return prepare_video(path, self.settings, self.loaded, every_frame=every_frame)
 
     def _run_batch(self, batch: list[_Pending]) -> Iterator[ScoreResult]:
         ready: list[tuple[_Pending, PreparedVideo]] = []

@@ -156,15 +156,11 @@ class VersionFollower:
             if version_id in self._trained:
                 self._trained.move_to_end(version_id)
                 return self._trained[version_id]
-        from ..scoring import DifficultyScorer
-
         version = self.store.get(version_id)
         if version.kind != KIND:
             raise ValueError(f"{version_id} is a {version.kind} version")
-        loaded = self._stock.loaded
-        loaded.load_adapter(version.id, str(version.adapter_path), self.settings, label=version.id)
-        scorer = self._prepare(DifficultyScorer(loaded.spec, self.settings, self._stock.cache, loaded=loaded,
-                                                adapter=version.id))
+        # hf: a named adapter on the shared base; vllm: a merged checkpoint and an engine of its own
+        scorer = self._prepare(self._stock.for_adapter(version.id, str(version.adapter_path), label=version.id))
         with self._registry:
             self._trained[version.id] = scorer
         return scorer
@@ -184,8 +180,9 @@ class VersionFollower:
                     return
                 version_id = candidates[0]
                 scorer = self._trained.pop(version_id)
-            scorer.close(cache=False)
-            self._stock.loaded.unload_adapter(version_id)
+            scorer.close(cache=False)  # an engine of its own (vllm) stops here
+            if not scorer.owns_model:
+                self._stock.loaded.unload_adapter(version_id)
             log.info("unloaded %s version %s", KIND, version_id)
 
     # Queries -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
 from ..prompts import Task
 from ..scoring.generation import TOP_K, TOP_P, generation_options, greedy_options, reference_sampling, stop_tokens
-from ..scoring.inputs import PromptEncoder
+from ..scoring.inputs import PromptEncoder, mm_token_type_ids
 from ..settings import Settings, VideoSettings
 from ..video.decoding import decode_video
 from ..video.patches import PatchLayout, video_patches
@@ -222,6 +222,7 @@ class Policy:
             with self._adapter(use_adapter):
                 return self.model.generate(
                     input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
+                    mm_token_type_ids=mm_token_type_ids(prompt.input_ids, self.prompts.video_token_id),
                     pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
                     second_per_grid_ts=[prompt.second_per_grid],
                     **generation_options(self.stop, self.prompts.placeholder_ids()), **options)
@@ -240,6 +241,7 @@ class Policy:
         with self._adapter(use_adapter):
             logits = self.model(
                 input_ids=input_ids, attention_mask=attention,
+                mm_token_type_ids=mm_token_type_ids(input_ids, self.prompts.video_token_id),
                 pixel_values_videos=prompt.pixel_values_videos.repeat(count, 1),
                 video_grid_thw=prompt.video_grid_thw.repeat(count, 1),
                 second_per_grid_ts=torch.full((count,), prompt.second_per_grid, device=self.device),
