@@ -13,6 +13,10 @@ the previous trained adapter stays loaded for that (``KEEP_TRAINED``), older one
 
 A version that cannot be loaded is reported (``error``, in /health) and the old one keeps
 serving; the next activation is tried afresh.
+
+On the vLLM engine (``MDSVQA_ENGINE=vllm``) a version is a merged checkpoint with an engine of its
+own (``DifficultyScorer.for_adapter`` of the stock scorer decides; ``owns_model``): it starts before
+the swap, and eviction shuts it down instead of unloading an adapter.
 """
 
 from __future__ import annotations
