@@ -77,17 +77,41 @@ class LoadedFeatures:
         Files without the key count as ``unrecorded`` (None: unknown, so a mix with recorded
         files is refused too). Raises :class:`MixedExtractorsError` naming each group.
         """
-        groups: dict[str | None, list[str]] = {}
-        for name, extractor in self.extractors.items():
-            groups.setdefault(extractor if extractor is not None else unrecorded, []).append(name)
-        if len(groups) <= 1:
-            return next(iter(groups), None)
-        shown = "; ".join(f"{_label(extractor)}: {len(names)} video(s), e.g. {', '.join(names[:3])}"
-                          for extractor, names in sorted(groups.items(), key=lambda item: -len(item[1])))
-        raise MixedExtractorsError(
-            f"the features come from different extractors ({shown}). Distances between embeddings of different "
-            "extractors mean nothing: extract every video's features with one extractor (mdsvqa features "
-            "--extractor ...) into its own folder")
+        return _one_extractor(self.extractors, unrecorded)
+
+
+@dataclass
+class PackedFeatures:
+    """``LoadedFeatures`` whose frames went to one packed frames file instead of memory.
+
+    ``path`` (None when no file was usable) holds the frames of ``names`` in order, video i
+    at rows offsets[i]:offsets[i+1]: what ``select_greedy`` streams with a working set.
+    """
+
+    path: Path | None = None
+    names: list[str] = field(default_factory=list)
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    problems: list[FeatureProblem] = field(default_factory=list)
+    dim: int | None = None
+    extractors: dict[str, str | None] = field(default_factory=dict)
+
+    def extractor(self, *, unrecorded: str | None = None) -> str | None:
+        """As ``LoadedFeatures.extractor``."""
+        return _one_extractor(self.extractors, unrecorded)
+
+
+def _one_extractor(extractors: dict[str, str | None], unrecorded: str | None) -> str | None:
+    groups: dict[str | None, list[str]] = {}
+    for name, extractor in extractors.items():
+        groups.setdefault(extractor if extractor is not None else unrecorded, []).append(name)
+    if len(groups) <= 1:
+        return next(iter(groups), None)
+    shown = "; ".join(f"{_label(extractor)}: {len(names)} video(s), e.g. {', '.join(names[:3])}"
+                      for extractor, names in sorted(groups.items(), key=lambda item: -len(item[1])))
+    raise MixedExtractorsError(
+        f"the features come from different extractors ({shown}). Distances between embeddings of different "
+        "extractors mean nothing: extract every video's features with one extractor (mdsvqa features "
+        "--extractor ...) into its own folder")
 
 
 def _label(extractor: str | None) -> str:
@@ -160,4 +184,50 @@ def load_features(directory: str | Path, names: Sequence[str]) -> LoadedFeatures
             result.problems.append(FeatureProblem(
                 name, features_path(directory, name),
                 f"features have dimension {frames.shape[1]}, most videos have {result.dim}"))
+    return result
+
+
+def pack_features(directory: str | Path, names: Sequence[str], path: str | Path) -> PackedFeatures:
+    """``load_features``'s choice of videos and problems, the frames written to one packed float32
+    ``.npy`` at ``path`` (``framefile``) instead of kept: one video in memory at a time.
+
+    Two passes over the files: the first checks each one and counts the dimensions (the most
+    common one is kept, ties to the one met first, as ``load_features`` does), the second
+    copies the kept videos' frames. A file that cannot be read the second time becomes a problem.
+    """
+    from .framefile import FrameFileWriter
+
+    check_unique_stems(names)
+    result = PackedFeatures()
+    dims: dict[str, int] = {}
+    for name in names:
+        read = _read_one(features_path(directory, name))
+        if isinstance(read, str):
+            result.problems.append(FeatureProblem(name, features_path(directory, name), read))
+        else:
+            dims[name] = int(read[0].shape[1])
+            result.extractors[name] = read[1]
+    if not dims:
+        return result
+    result.dim = Counter(dims.values()).most_common(1)[0][0]
+    lengths = []
+    with FrameFileWriter(path, result.dim, np.float32) as writer:
+        for name in names:
+            if name not in dims:
+                continue
+            if dims[name] != result.dim:
+                result.problems.append(FeatureProblem(
+                    name, features_path(directory, name),
+                    f"features have dimension {dims[name]}, most videos have {result.dim}"))
+                continue
+            read = _read_one(features_path(directory, name))
+            if isinstance(read, str) or read[0].shape[1] != result.dim:
+                reason = read if isinstance(read, str) else "features changed while being read"
+                result.problems.append(FeatureProblem(name, features_path(directory, name), reason))
+                continue
+            writer.append(read[0])
+            result.names.append(name)
+            lengths.append(read[0].shape[0])
+    result.path = Path(path) if result.names else None
+    result.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     return result

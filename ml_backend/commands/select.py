@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..errors import MdsVqaError
 
@@ -46,6 +47,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--store-dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
                         help="Precision of the stored features. float16/bfloat16 halve memory but are approximate "
                         "(exact greedy on rounded features); default float32.")
+    parser.add_argument("--working-set", metavar="SIZE",
+                        help="For pools whose features do not fit in memory: pack them into one temporary frames file "
+                        "(in --pack-dir) and stream it, holding at most SIZE of frames at once (e.g. 2G, 512M; at "
+                        "least ~70M for K = 64 and 300-frame 512-d videos). Same picks and values as without it.")
+    parser.add_argument("--pack-dir", metavar="DIR",
+                        help="With --working-set: where the temporary packed frames file goes (default: the system's "
+                        "temporary folder); it takes the features' size in float32 (2 KB a 512-d frame).")
     parser.add_argument("--mos", metavar="LABELS.jsonl",
                         help='With --baseline: labels {"video", "mos"} for the reference\'s diagnostic, the quality '
                         "model's SRCC/PLCC on the whole labeled pool and on the picks (lower on the picks: they are "
@@ -82,10 +90,40 @@ def run(args: argparse.Namespace) -> int:
         raise SelectionInputError(str(exc)) from exc
 
 
+def parse_size(text: str) -> int:
+    """Bytes from '2G', '512M', '1.5GiB', '64k' or a plain number of bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(cleaned[-1:], 1)
+    try:
+        value = float(cleaned[:-1] if scale > 1 else cleaned) * scale
+    except ValueError:
+        raise SelectionInputError(f"--working-set {text!r}: expected a size such as 2G, 512M or a number of bytes") \
+            from None
+    if not value > 0:
+        raise SelectionInputError(f"--working-set {text!r}: must be positive")
+    return int(value)
+
+
 def _run(args: argparse.Namespace) -> int:
+    import contextlib
+    import tempfile
+
+    with contextlib.ExitStack() as stack:
+        pack = None
+        if args.working_set is not None:
+            working_set = parse_size(args.working_set)
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mdsvqa-select-", dir=args.pack_dir))
+            pack = (Path(folder) / "frames.npy", working_set)
+        elif args.pack_dir is not None:
+            raise SelectionInputError("--pack-dir goes with --working-set")
+        return _select(args, pack)
+
+
+def _select(args: argparse.Namespace, pack: tuple[Path, int] | None) -> int:
     import numpy as np
 
-    from selection.features import UNRECORDED, load_features
+    from selection.features import UNRECORDED, LoadedFeatures, PackedFeatures, load_features, pack_features
     from selection.files import read_name_list, read_scores
     from selection.greedy import select_greedy
     from selection.lambdas import resolve_lambda
@@ -114,7 +152,11 @@ def _run(args: argparse.Namespace) -> int:
             f"{' ...' if len(outside) > 5 else ''}. Difficulty is the raw 1-5 score; re-score these videos "
             "or remove them from the file.")
 
-    features = load_features(args.features, candidates + labeled)
+    features: LoadedFeatures | PackedFeatures
+    if pack is None:
+        features = load_features(args.features, candidates + labeled)
+    else:  # one video in memory at a time, the frames into one file, streamed within the working set
+        features = pack_features(args.features, candidates + labeled, pack[0])
     extractor = features.extractor()  # MixedExtractorsError when files of several extractors meet
     bad_labeled = [problem for problem in features.problems if problem.name in labeled_set]
     if bad_labeled:
@@ -141,8 +183,17 @@ def _run(args: argparse.Namespace) -> int:
     n_candidates = len(features.names) - len(initial)
 
     started = time.perf_counter()
-    result = select_greedy(difficulty, features.frames, args.budget, lam, initial, device=device,
-                           store_dtype=args.store_dtype, difficulty_range=DIFFICULTY_RANGE)
+    if isinstance(features, LoadedFeatures):
+        result = select_greedy(difficulty, features.frames, args.budget, lam, initial, device=device,
+                               store_dtype=args.store_dtype, difficulty_range=DIFFICULTY_RANGE)
+    else:
+        assert pack is not None and features.path is not None  # names were packed into it
+        result = select_greedy(difficulty, features.path, args.budget, lam, initial, offsets=features.offsets,
+                               device=device, store_dtype=args.store_dtype, difficulty_range=DIFFICULTY_RANGE,
+                               working_set_bytes=pack[1])
+        _report(f"streamed {result.stats['frames_read']} frames from {features.path}, at most "
+                f"{result.stats['working_set_peak_bytes'] / 2**20:.1f} MiB of them held at once "
+                f"(working set {pack[1] / 2**20:.1f} MiB)")
     seconds = time.perf_counter() - started
     picks = [features.names[i] for i in result.picks]
 
