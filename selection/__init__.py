@@ -1,8 +1,9 @@
 """Greedy difficulty-diversity selection of videos to label (MDS-VQA), exact and fast.
 
-``select_greedy`` is the scalable implementation (torch, imported on first use),
-``reference_select`` the per-pair float64 one it is tested against; both return a
-``SelectionResult``. See docs/selection.md.
+``select_greedy`` is the scalable implementation (torch, imported on first use; frames in
+memory, or a packed .npy file streamed within a working set), ``reference_select`` the
+per-pair float64 one it is tested against; both return a ``SelectionResult``. See
+docs/selection.md.
 """
 
 from .chamfer import chamfer_distance
@@ -16,6 +17,7 @@ from .errors import (
     InputFileError,
     LambdaError,
     SelectionError,
+    WorkingSetError,
 )
 from .objective import TIE_TOLERANCE
 from .reference import reference_select
@@ -43,6 +45,7 @@ __all__ = [
     "SelectionError",
     "SelectionResult",
     "SelectionStep",
+    "WorkingSetError",
     "chamfer_distance",
     "reference_select",
     "select_greedy",

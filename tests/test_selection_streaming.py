@@ -296,3 +296,15 @@ def test_values_beyond_float16_are_refused_not_rounded_to_inf(tmp_path, streamed
         select_greedy([3.0, 4.0], source, 1, offsets=offsets, store_dtype="float16")
     assert select_greedy([3.0, 4.0], source, 2, offsets=offsets, store_dtype="bfloat16").picks.tolist() == [1, 0]
 
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_streamed_to_cuda_equals_in_memory_on_cuda(tmp_path):
+    difficulty, frames = clustered_pool(200, 16, seed=9)
+    data, offsets = packed(frames)
+    path = write_frame_file(tmp_path / "frames.npy", data)
+    in_memory = select_greedy(difficulty, data, 20, 0.25, [3], offsets=offsets, device="cuda", **SMALL_CHUNKS)
+    streamed = select_greedy(difficulty, path, 20, 0.25, [3], offsets=offsets, device="cuda",
+                             working_set_bytes=smallest_working_set(frames, 20, [3]) + 16 * 1024 * 4 + 2000,
+                             **SMALL_CHUNKS)
+    assert_identical(streamed, in_memory)
