@@ -34,11 +34,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 pip=("$VENV/bin/python" -m pip)
-"${pip[@]}" install --quiet --upgrade pip
+"${pip[@]}" install -qq --upgrade pip
 echo "setup_vllm: installing $VLLM_SPEC (pins torch==2.13.0+cpu)"
 index=()
 if [[ -n "${VLLM_EXTRA_INDEX_URL:-}" ]]; then index=(--extra-index-url "$VLLM_EXTRA_INDEX_URL"); fi
-"${pip[@]}" install --quiet "${index[@]}" "$VLLM_SPEC"
+"${pip[@]}" install -qq "${index[@]}" "$VLLM_SPEC"
 
 for package in torchaudio torchcodec; do
   if "${pip[@]}" show --quiet "$package" >/dev/null 2>&1; then
@@ -52,8 +52,8 @@ done
 constraints="$VENV/vllm-constraints.txt"
 "${pip[@]}" freeze --exclude-editable | grep -v -i '^mdsvqa' > "$constraints"
 echo "setup_vllm: installing mdsvqa (--no-deps) and ${EXTRA[*]}"
-"${pip[@]}" install --quiet --no-deps -e .
-"${pip[@]}" install --quiet -c "$constraints" "${EXTRA[@]}"
+"${pip[@]}" install -qq --no-deps -e .
+"${pip[@]}" install -qq -c "$constraints" "${EXTRA[@]}"
 
 "$VENV/bin/python" -c "$CHECK"
 echo "$wanted" > "$stamp"

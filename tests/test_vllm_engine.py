@@ -188,6 +188,13 @@ def test_sampled_decoding_is_seeded(tiny_model, model_cache, vllm_scorer, videos
 
 # -- the backend's version switch on this engine ----------------------------------------------------
 
+def in_a_thread(function):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-model") as pool:
+        return pool.submit(function).result(timeout=600)
+
+
 class Handle:
     """The backend's ScorerHandle as the follower uses it: a state and an atomic swap."""
 
@@ -219,7 +226,7 @@ def test_an_activated_version_gets_a_merged_checkpoint_and_an_engine_of_its_own(
     follower.start(handle, on_switch=lambda old, new: None, ask=lambda delay: None)
     try:
         store.activate(version.id)
-        assert follower.check()
+        assert in_a_thread(follower.check)  # as the backend's outbox worker: the engine starts off the main thread
         served = handle.scorer
         assert isinstance(served, VllmScorer) and served is not vllm_scorer and served.owns_model
         assert version.id in served.model_version and served.engine is not vllm_scorer.engine
