@@ -210,6 +210,7 @@ class Handle:
 
 def test_an_activated_version_gets_a_merged_checkpoint_and_an_engine_of_its_own(tiny_model, model_cache, vllm_scorer,
                                                                                 hf_answers, videos, tmp_path):
+    """The backend's follower on vLLM: a version is merged and served by its own engine; idle engines stop."""
     from ml_backend.model.tiny import write_tiny_model
     from ml_backend.server.live import VersionFollower
     from ml_backend.training.versions import VersionStore
@@ -217,7 +218,7 @@ def test_an_activated_version_gets_a_merged_checkpoint_and_an_engine_of_its_own(
     settings = settings_for(tiny_model, model_cache, engine="vllm", vllm=ENGINE, model_dir=tmp_path / "models")
     _other_base, trained = write_tiny_model(tmp_path / "other", seed=1)  # other LoRA weights, same shapes
     store = VersionStore(settings.model_dir)
-    version = store.publish_folder("difficulty", trained)
+    first = store.publish_folder("difficulty", trained)
 
     follower = VersionFollower(settings, load_stock=lambda: vllm_scorer)
     handle = Handle()
@@ -225,24 +226,35 @@ def test_an_activated_version_gets_a_merged_checkpoint_and_an_engine_of_its_own(
     assert handle.scorer is vllm_scorer
     follower.start(handle, on_switch=lambda old, new: None, ask=lambda delay: None)
     try:
-        store.activate(version.id)
+        store.activate(first.id)
         assert in_a_thread(follower.check)  # as the backend's outbox worker: the engine starts off the main thread
         served = handle.scorer
         assert isinstance(served, VllmScorer) and served is not vllm_scorer and served.owns_model
-        assert version.id in served.model_version and served.engine is not vllm_scorer.engine
+        assert first.id in served.model_version and served.engine is not vllm_scorer.engine
         merged = served.engine.checkpoint
         assert merged.parent == model_cache / "merged" and (merged / "mdsvqa_merged.json").is_file()
+        assert vllm_scorer.engine.running, "the engine serving until the switch keeps running beside the new one"
 
-        hf = DifficultyScorer.from_settings(settings_for(tiny_model, model_cache, adapter=str(version.adapter_path)))
+        hf = DifficultyScorer.from_settings(settings_for(tiny_model, model_cache, adapter=str(first.adapter_path)))
         expected = results(hf, videos)
         assert results(served, videos) == expected
         assert expected != hf_answers, "the trained version answers otherwise: the switch is visible"
 
-        store.activate(None, kind="difficulty")  # back to the configured adapter: its engine still runs
-        assert follower.check() and handle.scorer is vllm_scorer
+        second = store.publish_folder("difficulty", trained)  # the same weights again: its own checkpoint, engine
+        store.activate(second.id)
+        assert in_a_thread(follower.check)
+        newer = handle.scorer
+        assert isinstance(newer, VllmScorer) and second.id in newer.model_version
+        assert newer.engine.checkpoint != merged and served.engine.running
+        assert not vllm_scorer.engine.running, "the idle stock engine stopped before the second version's started"
+        assert results(newer, videos[:2]) == {name: expected[name] for name in SHARED_VIDEO_NAMES[:2]}
+
+        store.activate(None, kind="difficulty")  # back to the configured adapter: its engine starts again first
+        assert in_a_thread(follower.check) and handle.scorer is vllm_scorer
+        assert vllm_scorer.engine.running and not served.engine.running and newer.engine.running
         assert results(vllm_scorer, videos[2:]) == {name: hf_answers[name] for name in SHARED_VIDEO_NAMES[2:]}
     finally:
         follower.stop()
         for scorer in list(follower._trained.values()):
             scorer.close(cache=False)
-    assert served._engine is None  # its engine was shut down
+    assert served._engine is None and newer._engine is None  # their engines were shut down

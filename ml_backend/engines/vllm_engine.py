@@ -110,30 +110,51 @@ def engine_args(checkpoint: Path, settings: Settings, runtime: Runtime) -> dict[
 
 
 class VllmEngine:
-    """One ``vllm.LLM`` on one checkpoint, with the base's config and generation config (what HF reads)."""
+    """One ``vllm.LLM`` on one checkpoint, with the base's config and generation config (what HF reads).
+
+    :meth:`shutdown` frees it (its processes and memory); the next :meth:`generate` or :meth:`start`
+    starts it again, so a scorer holding it never sees a dead engine.
+    """
 
     def __init__(self, checkpoint: Path, base_path: Path, settings: Settings, runtime: Runtime) -> None:
         from transformers import AutoConfig, GenerationConfig
-
-        # Spawned engine processes, never forked from a process with decode and request threads.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        from vllm import LLM
 
         self.checkpoint = checkpoint
         self.config = AutoConfig.from_pretrained(str(base_path), local_files_only=True)
         self.generation_config = GenerationConfig.from_pretrained(str(base_path), local_files_only=True)
         self.lock = threading.Lock()
-        self._llm: Any = LLM(**engine_args(checkpoint, settings, runtime))
+        self._args = engine_args(checkpoint, settings, runtime)
+        self._llm: Any = None
+        self.max_model_len = 0
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._llm is not None
+
+    def start(self) -> None:
+        with self.lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._llm is not None:
+            return
+        # Spawned engine processes, never forked from a process with decode and request threads.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        from vllm import LLM
+
+        self._llm = LLM(**self._args)
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+        log.info("vLLM engine on %s started", self.checkpoint)
 
     def generate(self, prompts: list[dict[str, Any]], params: Any) -> list[Any]:
         with self.lock:
-            if self._llm is None:
-                raise RuntimeError("this vLLM engine was shut down")
+            self._start()
             return list(self._llm.generate(prompts, params, use_tqdm=False))
 
     def processed(self, prompt: dict[str, Any]) -> Any:
         """What vLLM's own input processor makes of one prompt (token ids and processed video): for tests."""
+        self.start()
         renderer = self._llm.llm_engine.renderer
         return renderer._process_multimodal(prompt["prompt_token_ids"], prompt["multi_modal_data"], None,
                                             self._llm.llm_engine.model_config.mm_processor_kwargs,
@@ -292,6 +313,15 @@ class VllmScorer(DifficultyScorer):
                             with_features=self.with_features)
         _ = scorer.loaded  # merge and start now, off the request path, before the switch
         return scorer
+
+    def suspend(self) -> None:
+        """Stop the engine (its memory is free for another version's); the next batch or :meth:`resume` restarts it."""
+        engine = self._engine
+        if engine is not None and self._owns_engine and engine.running:
+            engine.shutdown()
+
+    def resume(self) -> None:
+        self.engine.start()
 
     def close(self, *, cache: bool = True) -> None:
         super().close(cache=cache)

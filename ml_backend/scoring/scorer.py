@@ -129,6 +129,16 @@ class DifficultyScorer:
         """True when closing this scorer frees its own model (an adapter of the shared base is unloaded instead)."""
         return False
 
+    def suspend(self) -> None:
+        """Free this scorer's own model while no request uses it; the next use (or :meth:`resume`) restarts it.
+
+        A no-op here: adapters share the base in memory. The vLLM engine stops its engine.
+        """
+
+    def resume(self) -> None:
+        """Have the model ready now (after :meth:`suspend`), not on the next request."""
+        _ = self.loaded
+
     @property
     def loaded(self) -> LoadedModel:
         """The shared model, loaded on first use (never per request)."""

@@ -16,7 +16,9 @@ serving; the next activation is tried afresh.
 
 On the vLLM engine (``MDSVQA_ENGINE=vllm``) a version is a merged checkpoint with an engine of its
 own (``DifficultyScorer.for_adapter`` of the stock scorer decides; ``owns_model``): it starts before
-the swap, and eviction shuts it down instead of unloading an adapter.
+the swap, and eviction shuts it down instead of unloading an adapter. Before a switch, every
+scorer but the serving and the next one is suspended (``suspend``: a no-op for adapters, a stopped
+engine for vLLM, which restarts on use), so at most two engines hold GPU memory.
 """
 
 from __future__ import annotations
@@ -132,8 +134,11 @@ class VersionFollower:
             if target == self.active_id:
                 self.error = None
                 return False
+            # models of their own (vllm engines) not serving now nor next are stopped before one starts
+            self._suspend_idle(keep={self.active_id, target})
             try:
                 scorer = self._scorer_of(target)
+                scorer.resume()  # ready before the swap (a suspended engine restarts here, not in a request)
             except Exception as exc:  # noqa: BLE001 - keep serving the old version, say why
                 self.error = f"{KIND} version {target} could not be loaded: {type(exc).__name__}: {exc}"
                 log.error("%s; still serving %s", self.error, self.active_id or "the configured adapter")
@@ -168,6 +173,16 @@ class VersionFollower:
         with self._registry:
             self._trained[version.id] = scorer
         return scorer
+
+    def _suspend_idle(self, keep: set[str | None]) -> None:
+        """Suspend the scorers of versions not in ``keep`` (None: the stock one): a no-op for adapters on the
+        shared base; a vLLM engine stops, and starts again if work for its version still comes."""
+        with self._registry:
+            idle = [scorer for version_id, scorer in self._trained.items() if version_id not in keep]
+        if None not in keep and self._stock is not None:
+            idle.append(self._stock)
+        for scorer in idle:
+            scorer.suspend()
 
     def _evict(self, keep: set[str | None]) -> None:
         """Free the oldest trained adapters beyond KEEP_TRAINED, never one in ``keep``.
