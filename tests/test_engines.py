@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +130,23 @@ def test_export_command_writes_a_merged_checkpoint(tiny_model, tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     assert "lora" not in json.dumps(config).lower()
     assert main(["export", "--merged", str(out), "--base", str(base), "--adapter", str(adapter)]) == 2  # not empty
+
+
+def test_export_of_the_active_version(tiny_model, tmp_path, capsys):
+    from ml_backend.training.versions import VersionStore
+
+    base, adapter = tiny_model
+    models = tmp_path / "models"
+    args = ["--base", str(base), "--model-dir", str(models), "--offline"]
+    assert main(["export", "--merged", str(tmp_path / "none"), "--version", "active", *args]) == 2
+    assert "no active difficulty version" in capsys.readouterr().err
+    store = VersionStore(models)
+    version = store.publish_folder("difficulty", adapter)
+    store.activate(version.id)
+    assert main(["export", "--merged", str(tmp_path / "active"), "--version", "active", *args]) == 0
+    assert version.id in capsys.readouterr().out
+    info = json.loads((tmp_path / "active" / "mdsvqa_merged.json").read_text())
+    assert Path(info["adapter"]["spec"]) == version.adapter_path
 
 
 # -- what the vLLM engine sends ---------------------------------------------------------------
