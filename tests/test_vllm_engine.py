@@ -109,6 +109,51 @@ def test_score_command_with_engine_vllm_writes_the_hf_engines_scores(tiny_model,
     assert "EngineCore" not in again.stderr and time.monotonic() - started < first
 
 
+def test_the_backend_serves_on_vllm_and_follows_an_activated_version(tiny_model, model_cache, hf_answers,
+                                                                     shared_videos, tmp_path):
+    """``mdsvqa serve --engine vllm`` in process: /health ready, /predict, then a version switch via the outbox."""
+    import shutil
+
+    from ml_backend.server.app import create_app
+    from ml_backend.server.service import BackendService
+    from ml_backend.training.versions import VersionStore
+    from tests.conditions import wait_for
+
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(shared_videos / "carphone_distorted.mp4", media / "clip.mp4")
+    settings = settings_for(tiny_model, model_cache, engine="vllm", vllm=ENGINE,
+                            model_dir=tmp_path / "models", local_files_root=media, version_poll_s=0.2)
+    service = BackendService(settings)
+    client = create_app(service=service).test_client()
+    body = {"tasks": [{"id": 1, "data": {"video": "/data/local-files/?d=clip.mp4"}}], "project": "1.1",
+            "label_config": (REPO / "label_config.xml").read_text()}
+    try:
+        wait_for(lambda: client.get("/health").json["model"] == "ready", timeout=300, what="vLLM engine ready")
+        stock = client.get("/health").json["model_version"]
+        (result,) = client.post("/predict", json=body).json["results"]
+        assert result["model_version"] == stock
+        assert result["result"][0]["value"]["number"] == hf_answers["carphone_distorted.mp4"][0]
+
+        store = VersionStore(settings.model_dir)
+        version = store.publish_folder("difficulty", tiny_model[1])  # a copy: its own identity and checkpoint
+        store.activate(version.id)
+        switched = wait_for(lambda: (v := client.get("/health").json["model_version"]) != stock and v, timeout=300,
+                            what="switch to the version")
+        assert version.id in switched
+        (result,) = client.post("/predict", json=body).json["results"]
+        assert result["model_version"] == switched  # the same weights: the same answer, from its own engine
+        assert result["result"][0]["value"]["number"] == hf_answers["carphone_distorted.mp4"][0]
+    finally:
+        service.stop()
+        service.store.close()
+        follower = service.follower
+        if follower is not None:
+            for scorer in [*follower._trained.values(), follower._stock]:
+                if scorer is not None:
+                    scorer.close(cache=False)
+
+
 # -- one engine for the rest -------------------------------------------------------------------
 
 def test_same_answers_as_the_hf_engine(hf_scorer, hf_answers, vllm_scorer, videos):
