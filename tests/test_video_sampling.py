@@ -141,6 +141,16 @@ def test_odd_frame_count_repeats_last_frame(golden_path):
     assert video_token_count(grid) == 3 * 6 * 4 // 4
 
 
+@pytest.mark.parametrize("frames_count", [1, 2, 7, 20])
+def test_uint8_table_lookup_equals_the_arithmetic_bit_for_bit(frames_count):
+    """uint8 frames take a 256-value table; any other dtype the arithmetic itself: the same float32."""
+    frames = np.random.default_rng(frames_count).integers(0, 256, (frames_count, 56, 84, 3), dtype=np.uint8)
+    looked_up, grid = video_patches(frames)
+    computed, same_grid = video_patches(frames.astype(np.int16))
+    assert looked_up.dtype == computed.dtype == np.float32 and np.array_equal(grid, same_grid)
+    assert np.array_equal(looked_up.view(np.uint32), computed.view(np.uint32))
+
+
 def test_patches_reject_sizes_not_multiple_of_28():
     with pytest.raises(ValueError, match="multiple of 28"):
         video_patches(np.zeros((2, 30, 56, 3), np.uint8))

@@ -52,18 +52,36 @@ def video_patches(frames: np.ndarray, layout: PatchLayout = PatchLayout()) -> tu
     out = np.empty((grid_t * rows, 3 * tp * ps * ps), dtype=np.float32)
     mean = np.asarray(layout.mean, dtype=np.float32)
     std = np.asarray(layout.std, dtype=np.float32)
+    table = _value_table(mean, std) if frames.dtype == np.uint8 else None
     for start in range(0, grid_t, PATCH_STEP):
         steps = min(PATCH_STEP, grid_t - start)
         chunk = frames[start * tp:(start + steps) * tp]
         if len(chunk) < steps * tp:  # an odd T: repeat the last frame (after normalising: same values)
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], steps * tp - len(chunk), axis=0)])
+        target = out[start * rows:(start + steps) * rows]
+        if table is not None:
+            # uint8 frames: reorder the bytes into patch order first, then look each value up (the
+            # table holds the arithmetic below for all 256 values: the same float32 bit for bit, ~3x faster)
+            blocks = chunk.reshape(steps, tp, grid_h // ms, ms, ps, grid_w // ms, ms, ps, 3)
+            blocks = np.ascontiguousarray(blocks.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7))  # ..., C, tp, ps, ps
+            values = blocks.reshape(steps * rows, 3, tp * ps * ps)
+            view = target.reshape(steps * rows, 3, tp * ps * ps)
+            for channel in range(3):
+                np.take(table[channel], values[:, channel], out=view[:, channel])
+            continue
         # Same arithmetic as the HF processor: rescale in float64, then normalise in float32.
         pixels = (chunk.astype(np.float64) * (1 / 255)).astype(np.float32)
         pixels = ((pixels - mean) / std).transpose(0, 3, 1, 2)  # T, C, H, W
         blocks = pixels.reshape(steps, tp, 3, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
         blocks = blocks.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        out[start * rows:(start + steps) * rows] = blocks.reshape(steps * rows, 3 * tp * ps * ps)
+        target[:] = blocks.reshape(steps * rows, 3 * tp * ps * ps)
     return out, grid
+
+
+def _value_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(3, 256) float32: each channel's normalised value of every uint8, by the HF processor's arithmetic."""
+    rescaled = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    return np.ascontiguousarray(((rescaled[:, None] - mean) / std).T)
 
 
 def video_grid(num_frames: int, height: int, width: int, layout: PatchLayout = PatchLayout()) -> np.ndarray:
