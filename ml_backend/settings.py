@@ -311,6 +311,17 @@ class Settings(BaseSettings):
 
     # Throughput
     batch_size: int = Field(2, ge=1, description="Videos per forward pass.")
+    decode_workers: int | None = Field(
+        None, ge=0, le=256, description="Worker processes that decode and patch videos (and compute CPU frame "
+        "features) ahead of the model, shared by the scorers of a process. Unset = one per core this process may "
+        "use (CPU affinity, cgroup quota), at most one per 2 GiB of half the free RAM; 0 = in the scorer's "
+        "process, two decode threads; 1 = one decode thread (docs/performance.md).",
+    )
+    decode_ahead: int | None = Field(
+        None, ge=1, description="Videos prepared ahead of the model at most, with worker processes (in the "
+        "workers or waiting for their batch; each holds its float32 patches: 257 MB for a 20 s 1080p clip). "
+        "Unset = workers + batch_size.",
+    )
     max_visual_tokens: int = Field(
         0, ge=0, description="Refuse (final error, nothing decoded) a video whose sampled frames make more visual "
         "tokens than this; 0 = derived from the memory of the device when the model is loaded (docs/memory.md). "

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.media import GOLDEN, VIDEOS
+
+# Scorers decode in their own threads in tests (also in the CLI and backend processes tests start):
+# a decode worker process imports torch first, seconds on this shared machine for each scorer.
+# tests/test_decode_workers.py runs the worker processes, the default outside tests.
+os.environ.setdefault("MDSVQA_DECODE_WORKERS", "0")
 
 
 @pytest.fixture(scope="session")

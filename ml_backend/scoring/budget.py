@@ -13,10 +13,12 @@ plan (frame count and resized size, known after probing) and compared with a bud
   the model's config (docs/memory.md)::
 
       memory  = 0.8 x (available RAM on CPU; free GPU memory on CUDA)
-                - 2 GiB x 2 decode threads (on CPU)         decord's queue of 1080p frames
+                - 2 GiB x decoders                          decord's queue of 1080p frames: 2 decode
+                                                            threads, or the decode worker processes
       cost(L) = model_bytes x L + quadratic_bytes x L^2     where the model runs
-              + input_bytes x L x 2 x batch_size            host RAM: frames and patches
-                                                            of up to two batches in flight
+              + input_bytes x L x in flight                 host RAM: frames and patches of the
+                                                            videos in flight (threads: 2 x batch_size;
+                                                            workers: MDSVQA_DECODE_AHEAD + batch_size)
       budget  = the largest L with cost(L) <= memory        (on CUDA, the host RAM, less the
                                                             decoders, bounds the input part)
 
@@ -27,6 +29,7 @@ would cost more than one video at the budget is run one video at a time instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -45,7 +48,7 @@ MEMORY_FRACTION = 0.8  # of the memory free at load: the rest is headroom for th
 # decord's reader keeps a queue of decoded source frames whatever the video's length: ~1.5-2.3 GB
 # measured for a 1080p stream (docs/memory.md). Reserved for each decode thread of the scorer.
 DECODER_RESERVE = 2 * 2**30
-DECODE_WORKERS = 2  # DifficultyScorer's default decode threads
+DECODE_WORKERS = 2  # decode threads of the in-process path (worker processes pass their own count)
 SAFETY = 1.25  # on the estimated activations: allocator slack, temporaries the estimate leaves out
 TEXT_TOKENS = 256  # prompt text around the video placeholder (about 60 tokens), rounded up generously
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -61,6 +64,9 @@ class VideoTooLongError(VideoError):
         super().__init__(message)
         self.tokens = tokens
         self.budget = budget
+
+    def __reduce__(self):  # keyword-only fields: the default (type, args) would lose them (decode workers)
+        return functools.partial(VideoTooLongError, tokens=self.tokens, budget=self.budget), (str(self),)
 
 
 @dataclass(frozen=True)
@@ -144,13 +150,15 @@ def _largest_under(linear: float, quadratic: float, memory: float) -> int:
 
 
 def derive_budget(memory_model: MemoryModel, *, model_memory: float, host_memory: float | None,
-                  batch_size: int, decoders: int = DECODE_WORKERS) -> int:
+                  batch_size: int, decoders: int = DECODE_WORKERS, in_flight: int | None = None) -> int:
     """Visual tokens one video may have so that the worst case fits (module docstring).
 
     ``model_memory``: bytes free where the model runs; ``host_memory``: bytes of host RAM
-    when the model runs elsewhere (CUDA), None when it is the same pool (CPU).
+    when the model runs elsewhere (CUDA), None when it is the same pool (CPU). ``decoders``:
+    decode threads or worker processes; ``in_flight``: prepared videos held at most (default:
+    two batches, the decode threads' prefetch).
     """
-    in_flight = 2 * max(1, batch_size)  # prefetch holds the next batch while the model runs one
+    in_flight = max(1, in_flight) if in_flight is not None else 2 * max(1, batch_size)
     reserve = decoders * DECODER_RESERVE
     if host_memory is None:
         return _largest_under(memory_model.model_bytes + in_flight * memory_model.input_bytes,
@@ -283,17 +291,22 @@ def memory_model_of(loaded) -> MemoryModel:
                                  device=runtime.device, layout=loaded.layout)
 
 
-def token_budget(settings, loaded) -> TokenBudget:
-    """The budget for videos scored with ``loaded`` under ``settings`` (MDSVQA_MAX_VISUAL_TOKENS or derived)."""
+def token_budget(settings, loaded, *, decoders: int = DECODE_WORKERS, in_flight: int | None = None) -> TokenBudget:
+    """The budget for videos scored with ``loaded`` under ``settings`` (MDSVQA_MAX_VISUAL_TOKENS or derived).
+
+    ``decoders`` and ``in_flight`` as in :func:`derive_budget` (the scorer's decode worker
+    processes pass theirs: ``scoring.prepare.ProcessDecoding.budget_args``).
+    """
     memory_model = memory_model_of(loaded)
     if settings.max_visual_tokens > 0:
         return TokenBudget(settings.max_visual_tokens, memory_model, "MDSVQA_MAX_VISUAL_TOKENS")
     first = loaded.free_memory is None
     model_memory, host_memory = _memory_at_load(loaded)
+    held = in_flight if in_flight is not None else 2 * settings.batch_size
     tokens = derive_budget(memory_model, model_memory=model_memory, host_memory=host_memory,
-                           batch_size=settings.batch_size)
+                           batch_size=settings.batch_size, decoders=decoders, in_flight=held)
     if host_memory is None:
-        per_token = memory_model.model_bytes + 2 * settings.batch_size * memory_model.input_bytes
+        per_token = memory_model.model_bytes + held * memory_model.input_bytes
         where = "available RAM"
     else:
         where, per_token = "free GPU memory", memory_model.model_bytes

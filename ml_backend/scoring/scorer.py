@@ -1,7 +1,8 @@
 """From video files to difficulty scores: cache lookup, decoding ahead of the model, batching.
 
-Decoding and patch building of the next batch run in worker threads while the model
-works on the current one (decord and numpy release the GIL). A bad video becomes a
+Decoding and patch building of the next videos run ahead of the model: in worker processes
+(``scoring.prepare``, MDSVQA_DECODE_WORKERS, one per core by default) or, with 0 or 1, in
+this process's decode threads. A bad video (or a worker killed on it) becomes a
 failed result and never stops the others; a batch the model rejects is retried one
 video at a time so that only the culprit fails.
 
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +41,8 @@ from .budget import token_budget
 from .cache import CachedScore, ScoreCache, cache_key
 from .generation import Answer, AnswerGenerator, decoding_identity
 from .inputs import PreparedVideo
+from .prepare import ProcessDecoding
+from .prepare import decode_workers as decode_workers_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ class DifficultyScorer:
 
     def __init__(self, spec: ModelSpec, settings: Settings, cache: ScoreCache | None = None, *,
                  loaded: LoadedModel | None = None, task: Task = "difficulty",
-                 adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int = 2,
+                 adapter: str | None = DIFFICULTY_ADAPTER, decode_workers: int | None = None,
                  with_features: bool = False) -> None:
         self.spec = spec
         self.settings = settings
@@ -92,7 +96,11 @@ class DifficultyScorer:
         self._frame_encoder_warned = False
         self._generator: AnswerGenerator | None = None
         self._load_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="mdsvqa-decode")
+        # decode_workers (default MDSVQA_DECODE_WORKERS): >= 2 worker processes, else 1 or 2 threads here
+        workers = decode_workers_of(settings) if decode_workers is None else decode_workers
+        self._pool = ThreadPoolExecutor(max_workers=1 if workers == 1 else 2, thread_name_prefix="mdsvqa-decode")
+        own_prepare = type(self)._prepare_video is DifficultyScorer._prepare_video  # else: the engine's own inputs
+        self._processes = ProcessDecoding(workers, settings) if workers >= 2 and own_prepare else None
         self._model_version = spec.version(adapter)  # fixed for the scorer's life, even if the spec grows
         self._identity = {
             "model": spec.identity(adapter),
@@ -210,8 +218,19 @@ class DifficultyScorer:
             else:
                 misses.append((path, key))
 
-        for batch in prefetched_batches(misses, self._prepare, self.settings.batch_size, self._pool):
+        if not misses:
+            return
+        pool, prepare, ahead = self._decoders(len(misses))
+        for batch in prefetched_batches(misses, prepare, self.settings.batch_size, pool, ahead=ahead):
             yield from self._run_batch([_Pending(path, key, future) for (path, key), future in batch])
+
+    def _decoders(self, videos: int) -> tuple[Any, Callable[[tuple[Path, str]], Any], int]:
+        """(where, what, how many videos ahead): the decode worker processes, or this process's threads."""
+        processes = self._processes
+        if processes is None or not processes.usable(self.settings, self.frame_features):
+            return self._pool, self._prepare, self.settings.batch_size
+        submitter = processes.submitter(videos)  # the workers start while the model loads
+        return submitter, processes.job(self.settings, self.loaded, frame_features=self.frame_features), processes.ahead
 
     @property
     def frame_features(self) -> bool:
@@ -314,6 +333,8 @@ class DifficultyScorer:
     def close(self, *, cache: bool = True) -> None:
         """Stop the decode threads; ``cache=False`` leaves a score cache shared with other scorers open."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()  # the last scorer using the shared pool stops its workers
         if cache and self.cache is not None:
             self.cache.close()
 

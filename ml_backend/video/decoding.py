@@ -35,6 +35,10 @@ IN_DECODER_SCALE_BELOW = 0.5
 # Frames decoded (at source size) per step: bounds memory for long or large videos. The
 # resize treats every frame on its own, so the chunk size never changes a pixel.
 DECODE_CHUNK = 16
+# decord's decoding threads per open video; 0 = FFmpeg's choice (about one per core). Decode
+# worker processes, one per core, use 1 (``scoring.prepare.init_worker``). The decoded frames
+# do not depend on it.
+DECODER_THREADS = 0
 
 FrameSink = Callable[[np.ndarray, int], None]
 """Receives (frames uint8 (n, H, W, 3) at source size, index of the first) for every frame, in order."""
@@ -93,7 +97,7 @@ def _check_file(path: Path) -> None:
 def _open(path: Path, **kwargs):
     decord = _import_decord()
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), **kwargs)
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECODER_THREADS, **kwargs)
     except Exception as exc:  # decord raises DECORDError/RuntimeError for anything it cannot parse
         raise VideoError(f"{path}: not a decodable video ({_short(exc)})") from exc
 
