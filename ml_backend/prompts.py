@@ -35,7 +35,9 @@ PROMPTS: dict[str, str] = {
 #    second_per_grid_ts 1.0, answers in the model's own formats.
 # 3: video tokens at their 3-D M-RoPE positions, as the reference and vLLM place them (transformers 5
 #    computes them only from mm_token_type_ids, which we did not pass: videos had text positions).
-PROMPT_VERSION = 3
+# 4: the text after a video one past the video's largest position on any axis, as transformers 4.49
+#    placed it (transformers 5 ignores the temporal axis there; ml_backend.model.positions).
+PROMPT_VERSION = 4
 
 
 def prompt_text(task: Task) -> str:

@@ -204,26 +204,3 @@ def test_video_tokens_get_m_rope_positions(tiny_model, shared_videos):
     assert torch.equal(grid[0, :, 0, 0] - start, torch.arange(t) * 2)  # 1 s a temporal patch, 2 tokens a second
     assert torch.equal(grid[1, 0, :, 0] - start, torch.arange(h // 2))
     assert torch.equal(grid[2, 0, 0, :] - start, torch.arange(w // 2))
-
-
-@pytest.mark.xfail(strict=True, reason="transformers 5 starts the text after a video at start + max(rows, columns), "
-                   "not after the video's last temporal position as the reference (4.49) and vLLM do")
-def test_text_after_a_long_video_is_placed_as_the_reference_places_it():
-    """Known: HF and vLLM engines differ on videos whose temporal span exceeds their rows and columns."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
-
-    config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "vocab_size": 640,
-                     "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}},
-        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 64,
-                       "tokens_per_second": 2},
-        video_token_id=600)
-    model = Qwen2_5_VLModel(config)
-    t, h, w = 30, 8, 10  # 60 frames at 2 fps: temporal positions 0..58, rows 0..3, columns 0..4
-    ids = torch.tensor([[1, 2, 3] + [600] * (t * h * w // 4) + [4, 5]])
-    positions, _ = model.get_rope_index(ids, mm_token_type_ids=(ids == 600).long() * 2,
-                                        video_grid_thw=torch.tensor([[t, h, w]]),
-                                        second_per_grid_ts=torch.tensor([1.0]))
-    video_end = int(positions[:, 0, 3:-2].max())
-    assert positions[:, 0, -2].tolist() == [video_end + 1] * 3

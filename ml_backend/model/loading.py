@@ -202,22 +202,10 @@ def load_model(settings: Settings) -> LoadedModel:
     spec = resolve_model(settings)
     base, adapter, runtime = spec.base, spec.adapters[DIFFICULTY_ADAPTER], spec.runtime
 
-    import torch
     from peft import PeftModel
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     processor = _processor(base, settings.base)
-
-    try:
-        base_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(base.path),
-            dtype=getattr(torch, runtime.dtype),
-            attn_implementation=runtime.attention,
-            local_files_only=True,
-        )
-    except Exception as exc:
-        raise ModelNotFoundError(f"base model {settings.base!r}: cannot load weights from {base.path}: {exc}") from exc
-    base_model.to(runtime.device)  # type: ignore[arg-type]  # transformers' wrapper on .to hides the binding
+    base_model = load_base_model(base, settings.base, runtime)
     try:
         model = PeftModel.from_pretrained(base_model, str(adapter.path), adapter_name=DIFFICULTY_ADAPTER,
                                           is_trainable=False)
@@ -234,6 +222,29 @@ def load_model(settings: Settings) -> LoadedModel:
         log.warning(TINY_WARNING)
     log.info("loaded %s on %s (%s, %s)", loaded.version(), runtime.device, runtime.dtype, runtime.attention)
     return loaded
+
+
+def load_base_model(base: ModelSource, name: str, runtime: Runtime):
+    """The base Qwen2.5-VL on the runtime's device, placing M-RoPE positions as the reference does.
+
+    The one place base weights are loaded, for scoring and training alike
+    (``ml_backend.model.positions``: transformers 5 would place the text after a long video
+    otherwise than the checkpoints were trained with).
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .positions import use_reference_positions
+
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(base.path), dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attention,
+            local_files_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(f"base model {name!r}: cannot load weights from {base.path}: {exc}") from exc
+    model.to(runtime.device)  # type: ignore[arg-type]  # transformers' wrapper on .to hides the binding
+    use_reference_positions(model)
+    return model
 
 
 def _check_attention(model, requested: str) -> None:

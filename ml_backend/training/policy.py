@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelNotFoundError, VideoError
-from ..model.loading import TINY_WARNING, Runtime, choose_runtime, patch_layout
+from ..model.loading import TINY_WARNING, Runtime, choose_runtime, load_base_model, patch_layout
 from ..model.lora import lora_config
 from ..model.sources import ModelSource, resolve_source
 from ..prompts import Task
@@ -94,7 +94,7 @@ class Policy:
         (``ml_backend.model.lora``).
         """
         from peft import PeftModel, get_peft_model
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoProcessor
 
         base = resolve_source(settings.base, kind="base model", offline=settings.offline, required_file="config.json")
         start = None if adapter is None else resolve_source(adapter, kind="adapter", offline=settings.offline,
@@ -102,13 +102,10 @@ class Policy:
         runtime = choose_runtime(settings)
         try:
             processor = AutoProcessor.from_pretrained(str(base.path), local_files_only=True)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                str(base.path), dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attention,
-                local_files_only=True)
         except Exception as exc:
             raise ModelNotFoundError(f"base model {settings.base!r}: cannot load from {base.path}: {exc}") from exc
         processor.tokenizer.padding_side = "left"
-        model.to(runtime.device)  # type: ignore[arg-type]  # transformers types .to with functools.wraps: unbound
+        model = load_base_model(base, settings.base, runtime)
         if settings.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

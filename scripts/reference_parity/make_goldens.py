@@ -12,7 +12,10 @@ return_tensors="pt")`` on the prompt rendered by ``apply_chat_template(...,
 add_generation_prompt=True, add_vision_id=True)``. The processor is built offline:
 ``Qwen2VLImageProcessor()`` with default settings, a tiny byte-level BPE tokenizer that
 carries Qwen's special tokens, and the official Qwen2.5-VL chat template. The video
-readers are observed (not altered) to record what qwen-vl-utils really did.
+readers are observed (not altered) to record what qwen-vl-utils really did. Each case
+also records the M-RoPE positions transformers 4.49's ``get_rope_index`` gives its
+prompt (``rope``), and ``rope_layouts`` adds synthetic layouts (long videos, left padding,
+other seconds per grid, two videos) that the shared videos do not reach.
 
 Evaluation (``reference_evaluation.json``): the reference's own ``fit_curve``, imported
 at run time from ``--reference-src`` (a checkout of the MDS-VQA repository: its
@@ -321,6 +324,93 @@ def sampled(values: np.ndarray) -> dict[str, Any]:
     return {"indices": indices.tolist(), "values": float32_list(flat[indices])}
 
 
+# Qwen2.5-VL-7B's vision settings that get_rope_index reads (its config.json)
+SPATIAL_MERGE_SIZE = 2
+TOKENS_PER_SECOND = 2
+
+
+def rope_owner(processor: Any) -> Any:
+    """What 4.49's ``get_rope_index`` reads from ``self``: the token ids and two vision settings."""
+    from types import SimpleNamespace
+
+    ids = processor.tokenizer.convert_tokens_to_ids
+    vision = SimpleNamespace(spatial_merge_size=SPATIAL_MERGE_SIZE, tokens_per_second=TOKENS_PER_SECOND)
+    return SimpleNamespace(config=SimpleNamespace(
+        vision_config=vision, image_token_id=ids("<|image_pad|>"), video_token_id=ids(VIDEO_PAD),
+        vision_start_token_id=ids("<|vision_start|>")))
+
+
+def token_runs(input_ids: Any, mask: Any, video_pad_id: int) -> list[list[int]]:
+    """One row's real tokens as runs of [modality, count] (0 text, 2 video), as transformers 5 types them."""
+    kinds = [2 if int(i) == video_pad_id else 0 for i, m in zip(input_ids.tolist(), mask.tolist()) if m]
+    runs: list[list[int]] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+    return runs
+
+
+def rope_record(processor: Any, input_ids: Any, attention_mask: Any, grids: Any, seconds: Any) -> dict[str, Any]:
+    """transformers 4.49's M-RoPE positions of one batch: hash of the whole (3, B, L) int64 tensor and its ends."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    video_pad_id = processor.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    positions, deltas = Qwen2_5_VLForConditionalGeneration.get_rope_index(
+        rope_owner(processor), input_ids, image_grid_thw=None, video_grid_thw=grids,
+        second_per_grid_ts=seconds, attention_mask=attention_mask)
+    as_int64 = positions.numpy().astype(np.int64)
+    return {
+        "token_types": [token_runs(r, m, video_pad_id) for r, m in zip(input_ids, attention_mask)],
+        "video_grid_thw": grids.tolist(),
+        "second_per_grid_ts": [float(x) for x in seconds],
+        "spatial_merge_size": SPATIAL_MERGE_SIZE,
+        "tokens_per_second": TOKENS_PER_SECOND,
+        "positions_sha256": sha256_array(as_int64),
+        "last": as_int64[:, :, -1].tolist(),
+        "rope_deltas": [int(d) for d in deltas[:, 0]],
+    }
+
+
+# Synthetic prompts: [text before, (grid, seconds per grid) per video with text after it] per row.
+ROPE_LAYOUTS: dict[str, list[list[Any]]] = {
+    "long_video": [[3, ([30, 8, 10], 1.0), 2]],
+    "wide_video": [[4, ([3, 12, 40], 1.0), 6]],
+    "left_padding": [[5, ([4, 8, 12], 1.0), 3], [2, ([12, 8, 10], 1.0), 4]],
+    "half_second_grids": [[2, ([9, 4, 6], 0.5), 3]],
+    "fps_3": [[2, ([7, 4, 4], 2 / 3), 3]],
+    "two_videos": [[2, ([3, 4, 4], 1.0), 3, ([6, 6, 8], 1.0), 2]],
+}
+
+
+def rope_layouts(processor: Any) -> dict[str, Any]:
+    """4.49's positions for ROPE_LAYOUTS: a plain text token, a <|vision_start|> before each video, its pads."""
+    import torch
+
+    tokens = processor.tokenizer.convert_tokens_to_ids
+    start, pad = tokens("<|vision_start|>"), tokens(VIDEO_PAD)
+    (text,) = processor.tokenizer("video", add_special_tokens=False)["input_ids"][:1]
+    out = {}
+    for name, rows in ROPE_LAYOUTS.items():
+        id_rows, grids, seconds = [], [], []
+        for row in rows:
+            ids = [text] * row[0]
+            for (grid, spg), after in zip(row[1::2], row[2::2]):
+                count = grid[0] * grid[1] * grid[2] // SPATIAL_MERGE_SIZE**2
+                ids += [start] + [pad] * count + [text] * after
+                grids.append(grid)
+                seconds.append(spg)
+            id_rows.append(ids)
+        width = max(len(r) for r in id_rows)
+        input_ids = torch.tensor([[0] * (width - len(r)) + r for r in id_rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in id_rows])
+        # float32, as the processor's BatchFeature hands second_per_grid_ts to the model
+        out[name] = rope_record(processor, input_ids, mask, torch.tensor(grids),
+                                torch.tensor(seconds, dtype=torch.float32))
+    return out
+
+
 def run_case(processor: Any, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One video through the reference preprocessing; returns its record and npz arrays."""
     import torch
@@ -385,6 +475,8 @@ def run_case(processor: Any, path: Path) -> tuple[dict[str, Any], dict[str, np.n
         "second_per_grid_ts": [float(s) for s in inputs["second_per_grid_ts"]],
         "num_video_tokens": num_video_tokens,
         "input_ids_length": int(inputs["input_ids"].shape[1]),
+        "rope": rope_record(processor, inputs["input_ids"], inputs["attention_mask"], inputs["video_grid_thw"],
+                            inputs["second_per_grid_ts"]),
         "log": [stable_text(m, path) for m in log.messages],
         "warnings": captured_warnings(caught, path),
     }
@@ -481,6 +573,7 @@ def write_inputs(args: argparse.Namespace, clips_dir: Path) -> None:
         f"flat array, a fresh generator per case; every index when size <= {SAMPLE_SIZE}",
         "npz": {"file": "reference_inputs.npz", "raw_limit_bytes": NPZ_RAW_LIMIT, "keys": sorted(arrays)},
         "cases": cases,
+        "rope_layouts": rope_layouts(processor),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out_dir / "reference_inputs.npz", **arrays)
