@@ -314,7 +314,7 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(
         None, ge=0, le=256, description="Worker processes that decode and patch videos (and compute CPU frame "
         "features) ahead of the model, shared by the scorers of a process. Unset = one per core this process may "
-        "use (CPU affinity, cgroup quota), at most one per 2 GiB of half the free RAM; 0 = in the scorer's "
+        "use (CPU affinity, cgroup quota), at most one per 3 GiB of half the free RAM; 0 = in the scorer's "
         "process, two decode threads; 1 = one decode thread (docs/performance.md).",
     )
     decode_ahead: int | None = Field(

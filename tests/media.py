@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +17,19 @@ CHAT_TEMPLATE_GOLDEN = SHARED / "golden" / "qwen2_5_vl_chat_template.json"
 
 def reference_prompts() -> dict[str, str]:
     """The prompt texts the reference renders (transformers 4.49), from shared/golden."""
-    import json
-
     data = json.loads(REFERENCE_PROMPTS_FILE.read_text())
     return {task: data[task] for task in ("difficulty", "quality")}
 SHARED_VIDEO_NAMES = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"]
 
 
-def encode_video(path: Path, frames: np.ndarray | list, fps: int = 25, codec: str = "libx264") -> Path:
-    """Write RGB uint8 frames (T, H, W, 3) as an H.264 mp4."""
+def encode_video(path: Path, frames: np.ndarray | list, fps: int = 25, codec: str = "libx264",
+                 options: dict[str, str] | None = None) -> Path:
+    """Write RGB uint8 frames (T, H, W, 3) as an H.264 mp4 (``options``: the encoder's, e.g. B-frames, GOP)."""
     import av
 
     frames = list(frames)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.height, stream.width = frames[0].shape[:2] if frames else (48, 64)
         stream.pix_fmt = "yuv420p"
         if not frames:
@@ -89,3 +89,16 @@ def make_bad_videos(folder: Path) -> dict[str, Path]:
     bad["zero_frames"] = encode_video(folder / "zero_frames.mp4", [])
     bad["one_frame"] = encode_video(folder / "one_frame.mp4", moving_pattern(1, 48, 64))
     return bad
+
+
+def small_clip_model(folder: Path, name: str) -> Path:
+    """Register a small ResNet CLIP config with open_clip (fast to build; 64 px input); its config file."""
+    import open_clip
+
+    config = folder / f"{name}.json"
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1],
+                                                                  "width": 8, "patch_size": None},
+                                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+                                               "layers": 1}}))
+    open_clip.add_model_config(config)
+    return config

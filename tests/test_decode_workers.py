@@ -31,7 +31,7 @@ from ml_backend.procpool import (
     memfd_available,
 )
 from tests import decode_worker_jobs as jobs
-from tests.media import REPO, SHARED_VIDEO_NAMES, encode_video, moving_pattern
+from tests.media import REPO, SHARED_VIDEO_NAMES, encode_video, moving_pattern, small_clip_model
 
 TRANSPORTS = ["pipe", *(["memfd"] if memfd_available() else [])]
 
@@ -185,20 +185,9 @@ def test_the_pool_grows_with_demand_and_idle_workers_stop():
 @pytest.fixture(scope="module")
 def generated_clip(tmp_path_factory) -> Path:
     """960x540, 3 s at 25 fps with B-frames and a keyframe every 20 frames (sequential reads cross GOPs)."""
-    import av
-
     path = tmp_path_factory.mktemp("clip") / "generated_540p.mp4"
-    frames = moving_pattern(75, 540, 960, seed=3)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25, options={"preset": "veryfast", "bf": "3", "g": "20",
-                                                                   "keyint_min": "20"})
-        stream.width, stream.height, stream.pix_fmt = 960, 540, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return encode_video(path, moving_pattern(75, 540, 960, seed=3),
+                        options={"preset": "veryfast", "bf": "3", "g": "20", "keyint_min": "20"})
 
 
 @pytest.fixture(scope="module")
@@ -291,12 +280,7 @@ def small_clip_weights(tmp_path_factory):
     import torch
 
     folder = tmp_path_factory.mktemp("small-clip")
-    config = folder / "mdsvqa-worker-rn.json"
-    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1],
-                                                                  "width": 8, "patch_size": None},
-                                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
-                                               "layers": 1}}))
-    open_clip.add_model_config(config)
+    config = small_clip_model(folder, "mdsvqa-worker-rn")
     torch.manual_seed(0)
     weights = folder / "weights.bin"
     torch.save(open_clip.create_model("mdsvqa-worker-rn", pretrained=None).state_dict(), weights)
@@ -305,6 +289,8 @@ def small_clip_weights(tmp_path_factory):
 
 def test_frame_features_from_workers_equal_the_in_process_ones(settings_factory, small_clip_weights, videos,
                                                                tmp_path, monkeypatch):
+    import torch
+
     from ml_backend.scoring import prepare
     from ml_backend.settings import FeatureSettings
 
@@ -314,12 +300,16 @@ def test_frame_features_from_workers_equal_the_in_process_ones(settings_factory,
                                clip_checkpoint=weights, batch_size=4)
     monkeypatch.setattr(prepare, "prepare_in_worker", functools.partial(jobs.with_model_config, str(config)))
     out = {}
+    threads = torch.get_num_threads()
     for workers in (0, 2):
         scorer = _scorer(settings_factory, workers, features=features)
         scorer.with_features = True
+        # a worker runs one torch thread; at another count the encoder sums in another order (last bits)
+        torch.set_num_threads(1)
         try:
             out[workers] = {r.name: (r.difficulty, r.features) for r in scorer.score_paths([*clips, videos[1]])}
         finally:
+            torch.set_num_threads(threads)
             scorer.close()
     for name, (score, frame_features) in out[0].items():
         other_score, other_features = out[2][name]
@@ -338,7 +328,7 @@ def test_the_default_is_one_worker_process_per_core(settings_factory, monkeypatc
     assert settings.decode_workers is None
     monkeypatch.setattr(prepare, "available_host_memory", lambda: 64 * 2**30)
     assert prepare.decode_workers(settings) == available_cpus()
-    monkeypatch.setattr(prepare, "available_host_memory", lambda: 8 * 2**30)  # 2 x 2 GiB within half of it
+    monkeypatch.setattr(prepare, "available_host_memory", lambda: 8 * 2**30)  # 1 x 3 GiB in half: still 2
     assert prepare.decode_workers(settings) == min(2, available_cpus())
     monkeypatch.setenv("MDSVQA_DECODE_WORKERS", "5")
     assert prepare.decode_workers(settings_factory()) == 5

@@ -21,7 +21,7 @@ from ml_backend.errors import FeatureModelError
 from ml_backend.features.frames import FrameFeatureAccumulator, FrameFeatureError, embed_video_frames
 from ml_backend.settings import FeatureSettings, Settings
 from selection.features import features_path
-from tests.media import VIDEOS, encode_video, moving_pattern
+from tests.media import VIDEOS, encode_video, moving_pattern, small_clip_model
 
 FRAMES = 5  # frames per test clip
 
@@ -226,12 +226,7 @@ def test_clip_checkpoint_file_is_loaded(tmp_path):
 
     from ml_backend.features.clip import ClipFrameEncoder
 
-    config = tmp_path / "mdsvqa-test-rn.json"
-    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1],
-                                                                  "width": 8, "patch_size": None},
-                                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
-                                               "layers": 1}}))
-    open_clip.add_model_config(config)
+    small_clip_model(tmp_path, "mdsvqa-test-rn")
     torch.manual_seed(0)
     original = open_clip.create_model("mdsvqa-test-rn", pretrained=None).eval()
     weights = tmp_path / "weights.bin"

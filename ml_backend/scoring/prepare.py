@@ -38,7 +38,7 @@ from ..procpool import ProcessPool, acquire_shared, available_cpus, default_tran
 from ..settings import Settings, VideoSettings
 from ..video.patches import PatchLayout
 from ..video.sampling import SamplingPlan
-from .budget import DECODER_RESERVE, TokenBudget, available_host_memory
+from .budget import TokenBudget, available_host_memory
 from .inputs import PreparedVideo
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,14 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 WORKER_NICE = 10
 
 
+# A worker's peak resident memory on 20 s of 1080p: 3.0-3.4 GB (benchmarks/pipeline.py; 0.5 GB of it
+# the interpreter, torch and decord before any video, the rest decord's frame queue and the video's arrays).
+WORKER_MEMORY = 3 * 2**30
+
+
 def default_decode_workers() -> int:
-    """One worker per usable core, but the decoders' reserve (2 GiB each) within half the free RAM."""
-    by_memory = int(0.5 * available_host_memory() // DECODER_RESERVE)
+    """One worker per usable core, as many as fit in half the free RAM at WORKER_MEMORY each (at least 2)."""
+    by_memory = int(0.5 * available_host_memory() // WORKER_MEMORY)
     return max(1, min(available_cpus(), max(2, by_memory)))
 
 
@@ -109,7 +114,7 @@ def prepare_in_worker(job: PrepareJob, item: tuple[Path, str]) -> WorkerPrepared
     settings = job.settings
     if not job.frame_features:
         return WorkerPrepared(prepare_checked(path, settings.video, job.layout, job.budget))
-    from ..features.frames import FrameFeatureAccumulator, FrameFeatureError, load_frame_encoder
+    from ..features.frames import load_frame_encoder
 
     try:
         encoder = load_frame_encoder(settings)
@@ -118,14 +123,25 @@ def prepare_in_worker(job: PrepareJob, item: tuple[Path, str]) -> WorkerPrepared
             _encoder_warned = True
             log.error("no selection features while scoring: %s", exc)
         return WorkerPrepared(prepare_checked(path, settings.video, job.layout, job.budget))
-    accumulator = FrameFeatureAccumulator(encoder, settings.features.batch_size, keep_going=True)
-    video = prepare_checked(path, settings.video, job.layout, job.budget, every_frame=accumulator)
+    prepare = functools.partial(prepare_checked, path, settings.video, job.layout, job.budget)
+    return WorkerPrepared(*with_frame_features(prepare, path, encoder, settings.features.batch_size))
+
+
+def with_frame_features(prepare: Callable[..., PreparedVideo], path: Path, encoder: Any, batch_size: int
+                        ) -> tuple[PreparedVideo, np.ndarray | None]:
+    """``prepare(every_frame=...)`` with every decoded frame through ``encoder`` (worker and scorer thread alike).
+
+    The features are None, logged, when the encoder fails on this video: its score goes on.
+    """
+    from ..features.frames import FrameFeatureAccumulator, FrameFeatureError
+
+    accumulator = FrameFeatureAccumulator(encoder, batch_size, keep_going=True)
+    video = prepare(every_frame=accumulator)
     try:
-        features = accumulator.finish()
+        return video, accumulator.finish()
     except FrameFeatureError as exc:
         log.error("%s: no selection features: %s", path, exc)
-        features = None
-    return WorkerPrepared(video, features)
+        return video, None
 
 
 def init_worker(decoder_threads: int) -> None:

@@ -16,6 +16,7 @@ fails the score; cache hits carry none (nothing was decoded).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MdsVqaError
-from ..features.frames import FrameFeatureAccumulator, FrameFeatureError, load_frame_encoder
+from ..features.frames import load_frame_encoder
 from ..features.vision import capture_vision_features
 from ..fileio import file_digest
 from ..model.loading import DIFFICULTY_ADAPTER, LoadedModel, ModelSpec, resolve_model, shared_model
@@ -41,7 +42,7 @@ from .budget import token_budget
 from .cache import CachedScore, ScoreCache, cache_key
 from .generation import Answer, AnswerGenerator, decoding_identity
 from .inputs import PreparedVideo
-from .prepare import ProcessDecoding
+from .prepare import ProcessDecoding, with_frame_features
 from .prepare import decode_workers as decode_workers_of
 
 log = logging.getLogger(__name__)
@@ -252,14 +253,8 @@ class DifficultyScorer:
         encoder = self._frame_encoder() if self.frame_features else None
         if encoder is None:
             return _Prepared(self._prepare_video(path))
-        accumulator = FrameFeatureAccumulator(encoder, self.settings.features.batch_size, keep_going=True)
-        video = self._prepare_video(path, every_frame=accumulator)
-        try:
-            features = accumulator.finish()
-        except FrameFeatureError as exc:
-            log.error("%s: no selection features: %s", path, exc)
-            features = None
-        return _Prepared(video, features)
+        return _Prepared(*with_frame_features(functools.partial(self._prepare_video, path), path, encoder,
+                                              self.settings.features.batch_size))
 
     def _prepare_video(self, path: Path, *, every_frame: Callable[[np.ndarray, int], None] | None = None
                        ) -> PreparedVideo:
