@@ -24,8 +24,13 @@ serial one, 1 / (1/decode + 1/model), printed too. Sets: the shared videos (each
 ``--hd`` 1080p clips of ``--seconds`` made at run time (PyAV, in a temporary folder). Every
 measurement runs after a warm-up (workers started, model loaded, first-call set-up done).
 
+``--split-cores`` gives the model and the decoders cores of their own, as on a GPU host: the
+model's process (and its torch threads) on the first half of this process's cores, every
+worker on the other half, in every measurement; the in-process threads are not measured then.
+There the ratio pipeline / min(decode-bound, model-bound) is the pipeline's overlap.
+
     python benchmarks/pipeline.py [--workers N] [--hd 4] [--seconds 20] [--copies 4] [--repeats 3] [--transfer]
-                                  [--base DIR --adapter DIR] [--device cuda]
+                                  [--split-cores] [--base DIR --adapter DIR] [--device cuda]
 
 Without ``--base``/``--adapter`` the tiny test model is written to the temporary folder.
 ``--transfer`` also times one large result through each transport of the worker pool.
@@ -47,6 +52,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VIDEOS = REPO.parent / "shared" / "videos"
+
+# --split-cores: (the model's cores, the workers' cores); None: everything shares every core
+PLACEMENT: tuple[set[int], set[int]] | None = None
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """The first half of this process's cores for the model, the rest for the workers (one each at least)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 4:  # MDSVQA_DECODE_WORKERS 1 means a thread: worker processes start at 2
+        raise SystemExit(f"--split-cores needs at least 4 cores (2 for the model, 2 worker processes); "
+                         f"this process may use {len(cores)}")
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+def place_workers(pids: list[int]) -> None:
+    """Pin worker processes to the workers' cores (with --split-cores; they start on the model's)."""
+    if PLACEMENT is not None:
+        for pid in pids:
+            os.sched_setaffinity(pid, PLACEMENT[1])
+
+
+def worker_cpus() -> int:
+    return len(PLACEMENT[1]) if PLACEMENT is not None else _cpus()
 
 
 # -- jobs run in the worker processes (module level: the workers import this module) ------------
@@ -134,13 +163,14 @@ def decode_bound(paths: list[Path], workers: int, kind: str) -> tuple[float, flo
     from ml_backend.procpool import ProcessPool
 
     jobs = _jobs()
-    threads = max(1, _cpus() // workers)
+    threads = max(1, worker_cpus() // workers)
     job = jobs.decode_pyav if kind == "pyav" else jobs.decode_decord
     with ProcessPool(workers, start=workers, env={"OMP_NUM_THREADS": "1"}) as pool:
         for future in [pool.submit(jobs.warm, threads) for _ in range(workers * 2)]:
             future.result()
         pool.submit(job, str(paths[0]), threads).result()  # first-call set-up
         pids = pool.pids()
+        place_workers(pids)
         start, cpu = time.perf_counter(), _cpu(pids)
         for future in [pool.submit(job, str(path), threads) for path in paths]:
             future.result()
@@ -208,6 +238,7 @@ def pipeline(args, paths: list[Path], workers: int) -> tuple[float, float, float
         list(scorer.score_paths(list(dict.fromkeys(paths))))
         pool = scorer._processes.pool if scorer._processes is not None else None
         pids = pool.pids() if pool is not None else []
+        place_workers(pids)
         start, own, theirs = time.perf_counter(), _own_cpu(), _cpu(pids)
         results = list(scorer.score_paths(paths))
         elapsed = time.perf_counter() - start
@@ -230,6 +261,7 @@ def prepare_bound(args, paths: list[Path], workers: int) -> tuple[float, float]:
         for future in [submitter.submit(job, (path, "")) for path in dict.fromkeys(paths)]:  # warm-up
             future.result()
         pids = processes.pool.pids() if processes.pool is not None else []
+        place_workers(pids)
         start, cpu = time.perf_counter(), _cpu(pids)
         for future in [submitter.submit(job, (path, "")) for path in paths]:
             future.result()
@@ -295,8 +327,18 @@ def main() -> int:
     parser.add_argument("--adapter", type=Path)
     parser.add_argument("--no-threads", action="store_true", help="Skip the in-process (--workers 0) pipeline.")
     parser.add_argument("--transfer", action="store_true", help="Also time a 257 MB result through each transport.")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="The model on half the cores, the workers on the other half (as with a GPU).")
     args = parser.parse_args()
-    workers = args.workers or _cpus()
+    global PLACEMENT
+    if args.split_cores:
+        import torch
+
+        PLACEMENT = split_cores()
+        os.sched_setaffinity(0, PLACEMENT[0])  # workers start here too, and are moved once started
+        torch.set_num_threads(len(PLACEMENT[0]))
+        args.no_threads = True
+    workers = args.workers or worker_cpus()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -338,7 +380,9 @@ def main() -> int:
                          **{key: statistics.median(values) for key, values in runs.items()}})
         moved = transfer(257_402_880) if args.transfer else {}
 
-    print(f"\n{workers} decode workers on {_cpus()} cores, batch {args.batch_size}, model on {args.device}, "
+    where = (f"the model's process on cores {sorted(PLACEMENT[0])}, the workers on {sorted(PLACEMENT[1])}"
+             if PLACEMENT is not None else f"all sharing {_cpus()} cores")
+    print(f"\n{workers} decode workers, {where}, batch {args.batch_size}, model on {args.device}, "
           f"median of {args.repeats}"
           f" ({'tiny test model' if 'tiny' in str(args.base) else args.base}); videos/s\n")
     print("| set | videos | decode-bound: decord, every frame RGB | libavcodec only (PyAV, no conversion) "
@@ -361,8 +405,12 @@ def main() -> int:
           "| pipeline: model's process | pipeline: workers | pipeline / (decord + model) | threads pipeline "
           "| a worker's peak RSS (MB) | CPU-bound limit: cores / (workers' job + model), videos/s | pipeline / that |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    def limit(r: dict) -> float:  # all the work on this machine's cores (the model's too, when it runs on the CPU)
-        return _cpus() / (r["prepare_cpu"] + (r["model_cpu"] if args.device == "cpu" else 0.0))
+    def limit(r: dict) -> float:  # the work on the cores it may use (the model's too, when it runs on the CPU)
+        model_cpu = r["model_cpu"] if args.device == "cpu" else 0.0
+        if PLACEMENT is None:
+            return _cpus() / (r["prepare_cpu"] + model_cpu)
+        workers_limit = len(PLACEMENT[1]) / r["prepare_cpu"]
+        return min(workers_limit, len(PLACEMENT[0]) / model_cpu) if model_cpu else workers_limit
 
     for r in rows:
         total = r["pipeline_cpu_model"] + r["pipeline_cpu_workers"]

@@ -33,7 +33,8 @@ def test_matches_the_reference_functions(name):
     assert result.count == case["n"]
     assert (result.fit == "raw") == bool(case["fell_back"])
     fitted, _ = E.fit_curve(case["pred"], case["mos"])
-    np.testing.assert_allclose(fitted, case["fitted"], atol=1e-6)
+    # curve_fit is iterative: another BLAS build or CPU ends it ~1e-6 relative away (seen in a clean clone)
+    np.testing.assert_allclose(fitted, case["fitted"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_decreasing_predictor_gets_a_positive_srcc_through_the_fit():
