@@ -308,3 +308,22 @@ def test_streamed_to_cuda_equals_in_memory_on_cuda(tmp_path):
                              working_set_bytes=smallest_working_set(frames, 20, [3]) + 16 * 1024 * 4 + 2000,
                              **SMALL_CHUNKS)
     assert_identical(streamed, in_memory)
+
+
+@pytest.mark.xfail(strict=True, reason="known: with 1-frame row and column chunks the streamed path's mean distance "
+                   "differs from the in-memory one by 1.7e-8 (found by hypothesis in a clean-clone CI run)")
+def test_streamed_equals_in_memory_with_one_frame_chunks():
+    """The case hypothesis found: three videos of 5, 4 and 3 frames, equal difficulty, lambda 0, K = 2."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # seeded pools of the failing shape until one shows the difference
+        frames_list = [rng.standard_normal((n, 6)).astype(np.float32) for n in (5, 4, 3)]
+        frames, offsets = packed(frames_list)
+        options = {"max_row_frames": 1, "max_col_frames": 1, "scan_frames": 3, "prune": False}
+        least = smallest_working_set(frames_list, 2, [], max_row_frames=1, scan_frames=3)
+        difficulty = np.full(3, 3.0)
+        in_memory = select_greedy(difficulty, frames, 2, 0.0, [], offsets=offsets, **options)
+        with tempfile.TemporaryDirectory() as folder:
+            path = write_frame_file(Path(folder) / "frames.npy", frames)
+            streamed = select_greedy(difficulty, path, 2, 0.0, [], offsets=offsets, working_set_bytes=least,
+                                     **options)
+        assert_identical(streamed, in_memory)
