@@ -19,7 +19,6 @@ position; transformers 5 counts from the attention mask), so generated tokens co
 from __future__ import annotations
 
 import itertools
-import types
 from typing import Any
 
 # transformers' token modality: 0 text, 1 image, 2 video (``mm_token_type_ids``)
@@ -96,7 +95,7 @@ def use_reference_positions(model: Any) -> None:
         raise TypeError(f"{type(language).__name__} has no get_rope_index: not a Qwen2.5-VL model")
     vision = language.config.vision_config
 
-    def get_rope_index(self, input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+    def get_rope_index(input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
                        second_per_grid_ts=None, attention_mask=None, **_ignored):
         if mm_token_type_ids is None:
             raise ValueError("M-RoPE positions need mm_token_type_ids (2 at the video placeholders)")
@@ -105,4 +104,4 @@ def use_reference_positions(model: Any) -> None:
             tokens_per_second=vision.tokens_per_second, image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts, attention_mask=attention_mask)
 
-    language.get_rope_index = types.MethodType(get_rope_index, language)
+    language.get_rope_index = get_rope_index  # an instance attribute: called without self
