@@ -62,7 +62,7 @@ def test_positions_equal_the_reference_get_rope_index(name, golden):
     assert generated == reference_next
 
 
-def test_where_transformers_5_agrees_the_positions_are_its_own(tiny_model):
+def test_where_transformers_5_agrees_the_positions_are_its_own():
     """A video no longer in time than its sides: transformers 5's get_rope_index gives the same tensor."""
     from transformers import Qwen2_5_VLModel
 
