@@ -13,6 +13,12 @@ is therefore recomputed from the explicit difference in float64, so identical fr
 are exactly 0 apart and the error of the remaining entries is bounded by
 ``distance_error_bound``. Minima are taken on squared distances, square roots and
 sums in float64.
+
+Reproducibility: MKL's matrix product rounds differently depending on where its operands
+start in memory (a float32 row chunk 120 bytes into the store and the same frames in a
+fresh buffer differ in the last bit). Operands are therefore always 64-byte aligned
+(``OperandScratch``), so a chunk's distances depend on its values only, not on whether
+it is a view of the whole pool or a window read from disk.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 REFINE_RATIO = 2.0**-7
 _REFINE_BATCH = 8192  # flagged pairs recomputed at a time (bounds the float64 scratch memory)
 _UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+OPERAND_ALIGNMENT = 64  # bytes; the alignment at which MKL's products no longer depend on the address
 
 
 def distance_error_bound(dim: int, max_norm: float, compute_dtype: torch.dtype = torch.float32) -> float:
@@ -145,6 +152,36 @@ def squared_norms(frames: torch.Tensor, compute_dtype: torch.dtype, chunk: int =
     return out
 
 
+class OperandScratch:
+    """Reused aligned room for copies of matmul operands (one per operand role and kernel call)."""
+
+    def __init__(self) -> None:
+        self._storage: torch.Tensor | None = None
+
+    def place(self, frames: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+        """``frames`` in the compute dtype, contiguous and OPERAND_ALIGNMENT-aligned: itself when it
+        already is, else a copy here (chunk-sized: the kernel holds one row and one column chunk)."""
+        if (frames.dtype == compute_dtype and frames.is_contiguous()
+                and frames.data_ptr() % OPERAND_ALIGNMENT == 0):
+            return frames
+        itemsize = torch.empty((), dtype=compute_dtype).element_size()
+        storage = self._storage
+        if (storage is None or storage.dtype != compute_dtype or storage.device != frames.device
+                or storage.numel() < frames.numel() + OPERAND_ALIGNMENT // itemsize):
+            storage = torch.empty(frames.numel() + OPERAND_ALIGNMENT // itemsize, dtype=compute_dtype,
+                                  device=frames.device)
+            self._storage = storage
+        shift = (-storage.data_ptr() % OPERAND_ALIGNMENT) // itemsize
+        out = storage[shift : shift + frames.numel()].view(frames.shape)
+        out.copy_(frames)
+        return out
+
+
+def matmul_operand(frames: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """``OperandScratch.place`` with room of its own."""
+    return OperandScratch().place(frames, compute_dtype)
+
+
 def _min_over_row_videos(d2: torch.Tensor, seg: _Segments, first: int, stop: int, out: torch.Tensor) -> None:
     """(rows of videos [first, stop), cols) -> (stop - first, cols): min over each row video's frames."""
     if seg.uniform_length is not None:
@@ -224,16 +261,17 @@ def chamfer_rows(rows: FrameBlock, parts: list[ColumnPart], compute_dtype: torch
     device = rows.frames.device
     n_cols = parts[-1].stop if parts else 0
     out = torch.empty((rows.count, n_cols), dtype=torch.float64, device=device)
+    row_scratch, col_scratch = OperandScratch(), OperandScratch()
     for start, stop, chunk in rows.chunk_blocks(max_rows):
         row_seg = chunk.segments
         row_lengths = row_seg.lengths.to(torch.float64).unsqueeze(1)
-        r = chunk.frames.to(compute_dtype)
+        r = row_scratch.place(chunk.frames, compute_dtype)
         r_sq = chunk.sq_norms
         r_sq_max = r_sq.max()
         for part in parts:
             col_block = part.block
             col_seg = col_block.segments
-            q = col_block.frames.to(compute_dtype)
+            q = col_scratch.place(col_block.frames, compute_dtype)
             q_sq = col_block.sq_norms
             d2 = torch.addmm(r_sq.unsqueeze(1), r, q.t(), beta=1, alpha=-2)  # |x|^2 - 2 x.y
             d2 += q_sq  # + |y|^2

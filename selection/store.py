@@ -17,8 +17,9 @@ ones. Everything here is bookkeeping on row ranges; the reads themselves are the
 What the budget does not count (it is not frames): per video a float32 centre (dim x 4
 bytes) and a few float64 scalars, per frame its float32 squared norm (4 bytes, 1/512 of a
 512-d float32 frame), and the kernel's scratch (one chunk of squared distances, at most
-max_row_frames x max_col_frames compute floats, 32 MB with the CPU defaults, and the chunk's
-float32 copy for half-precision stores).
+max_row_frames x max_col_frames compute floats, 32 MB with the CPU defaults, and copies of
+one row and one column chunk in the compute dtype, made when the store's are half precision
+or not 64-byte aligned: ``kernel.OperandScratch``).
 """
 
 from __future__ import annotations

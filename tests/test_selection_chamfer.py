@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from selection.chamfer import chamfer_distance, pairwise_euclidean
 from selection.errors import FrameError
-from selection.kernel import chamfer_matrix, distance_error_bound, make_block
+from selection.kernel import OPERAND_ALIGNMENT, chamfer_matrix, distance_error_bound, make_block, matmul_operand
 
 
 def brute_force_chamfer(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,3 +126,35 @@ def test_kernel_error_within_bound(seed, scale, offset):
     got = chamfer_matrix(_block(rows), _block(cols), max_rows=8, max_cols=6).numpy()
     max_norm = max(float(np.linalg.norm(s, axis=1).max()) for s in rows + cols)
     assert np.abs(got - expected).max() <= distance_error_bound(5, max_norm)
+
+
+@pytest.mark.parametrize("dim", [6, 16, 512])
+def test_distances_do_not_depend_on_where_the_frames_lie(dim):
+    """The same frames at every float32 offset of a buffer (views into a pool start anywhere)
+    give the same distances bit for bit: MKL's product rounds by address unless aligned."""
+    rng = np.random.default_rng(dim)
+    rows = torch.from_numpy(rng.standard_normal((9, dim)).astype(np.float32))
+    cols = torch.from_numpy(rng.standard_normal((7, dim)).astype(np.float32))
+    row_offsets, col_offsets = np.array([0, 4, 9]), np.array([0, 3, 7])
+    expected = chamfer_matrix(make_block(rows, row_offsets, torch.float32),
+                              make_block(cols, col_offsets, torch.float32))
+    buffer = torch.empty(rows.numel() + cols.numel() + 64, dtype=torch.float32)
+    for shift in range(OPERAND_ALIGNMENT // 4):
+        placed_rows = buffer[shift : shift + rows.numel()].view(rows.shape)
+        placed_cols = buffer[shift + rows.numel() : shift + rows.numel() + cols.numel()].view(cols.shape)
+        placed_rows.copy_(rows)
+        placed_cols.copy_(cols)
+        got = chamfer_matrix(make_block(placed_rows, row_offsets, torch.float32),
+                             make_block(placed_cols, col_offsets, torch.float32))
+        assert torch.equal(got, expected), f"frames {4 * shift} bytes into the buffer"
+
+
+def test_matmul_operand_is_aligned_and_equal():
+    base = torch.arange(40, dtype=torch.float32).view(10, 4)
+    for view in (base[1:6], base[3:], base.t()[:, 1:3]):
+        operand = matmul_operand(view, torch.float32)
+        assert operand.data_ptr() % OPERAND_ALIGNMENT == 0 and operand.is_contiguous()
+        assert torch.equal(operand, view)
+    aligned = matmul_operand(base[1:6], torch.float32)
+    assert matmul_operand(aligned, torch.float32).data_ptr() == aligned.data_ptr()  # no second copy
+    assert matmul_operand(base, torch.float64).dtype == torch.float64

@@ -310,12 +310,12 @@ def test_streamed_to_cuda_equals_in_memory_on_cuda(tmp_path):
     assert_identical(streamed, in_memory)
 
 
-@pytest.mark.xfail(strict=True, reason="known: with 1-frame row and column chunks the streamed path's mean distance "
-                   "differs from the in-memory one by 1.7e-8 (found by hypothesis in a clean-clone CI run)")
 def test_streamed_equals_in_memory_with_one_frame_chunks():
-    """The case hypothesis found: three videos of 5, 4 and 3 frames, equal difficulty, lambda 0, K = 2."""
+    """The case hypothesis found: three videos of 5, 4 and 3 frames, equal difficulty, lambda 0, K = 2.
+    The in-memory rows are views 120 bytes into the pool, the streamed ones a fresh window: with
+    the product's operands at the addresses they come with, MKL rounded them differently."""
     rng = np.random.default_rng(0)
-    for _ in range(200):  # seeded pools of the failing shape until one shows the difference
+    for _ in range(20):  # seeded pools of that shape (the first one differed before operands were aligned)
         frames_list = [rng.standard_normal((n, 6)).astype(np.float32) for n in (5, 4, 3)]
         frames, offsets = packed(frames_list)
         options = {"max_row_frames": 1, "max_col_frames": 1, "scan_frames": 3, "prune": False}
