@@ -14,6 +14,8 @@ import pytest
 
 from ml_backend.errors import VideoError
 from ml_backend.scoring.budget import (
+    DECODE_THREAD_MEMORY,
+    DECODE_WORKER_MEMORY,
     MemoryModel,
     TokenBudget,
     VideoTooLongError,
@@ -21,6 +23,7 @@ from ml_backend.scoring.budget import (
     memory_model_of,
     token_budget,
 )
+from ml_backend.scoring.prepare import ProcessDecoding
 from ml_backend.video.patches import PatchLayout, planned_token_count, video_patches, video_token_count
 from ml_backend.video.sampling import plan_sampling
 
@@ -124,6 +127,24 @@ def test_derived_budget_is_positive_and_grows_with_memory():
     assert derive_budget(model, model_memory=2**30, host_memory=None, batch_size=2) == 0
     # more videos in flight (larger batches) leave less for each
     assert derive_budget(model, model_memory=2**34, host_memory=None, batch_size=8) < budgets[2]
+
+
+def test_decoders_reserve_what_each_holds(settings_factory):
+    """Each decoder's peak comes off the model's share: worker processes (interpreter, torch,
+    decord's queue) reserve more than threads, and the count multiplies it."""
+    model = MemoryModel.for_model(_qwen_config(**TINY), dtype="float32", attention="sdpa", device="cpu")
+    per_token = model.model_bytes + 4 * model.input_bytes  # two batches of two in flight
+
+    def budget(**decoders):
+        return derive_budget(model, model_memory=2**35, host_memory=None, batch_size=2, **decoders)
+
+    threads = budget()
+    assert threads == budget(decoders=2, decoder_memory=DECODE_THREAD_MEMORY)
+    workers = budget(decoders=2, decoder_memory=DECODE_WORKER_MEMORY)
+    assert DECODE_WORKER_MEMORY > DECODE_THREAD_MEMORY
+    assert threads - workers == pytest.approx(2 * (DECODE_WORKER_MEMORY - DECODE_THREAD_MEMORY) / per_token, abs=2)
+    assert budget(decoders=4, decoder_memory=DECODE_WORKER_MEMORY) < workers
+    assert ProcessDecoding(2, settings_factory()).budget_args()["decoder_memory"] == DECODE_WORKER_MEMORY
 
 
 def test_eager_attention_gets_a_smaller_budget_that_grows_slower():

@@ -45,9 +45,14 @@ from ..video.sampling import SamplingPlan
 log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.8  # of the memory free at load: the rest is headroom for the process and its neighbours
-# decord's reader keeps a queue of decoded source frames whatever the video's length: ~1.5-2.3 GB
-# measured for a 1080p stream (docs/memory.md). Reserved for each decode thread of the scorer.
-DECODER_RESERVE = 2 * 2**30
+# What one decoder holds at its peak, reserved for each when the budget is derived:
+# a decode thread of the scorer: decord's queue of decoded source frames, whatever the video's
+# length, ~1.5-2.3 GB measured for a 1080p stream (docs/memory.md);
+DECODE_THREAD_MEMORY = 2 * 2**30
+# a decode worker process: 3.0-3.4 GB on 20 s of 1080p (benchmarks/pipeline.py; 0.5 GB of it the
+# interpreter, torch and decord before any video, the rest decord's queue and the video's arrays).
+# Also what sizes the default worker count (scoring.prepare.default_decode_workers).
+DECODE_WORKER_MEMORY = 3 * 2**30
 DECODE_WORKERS = 2  # decode threads of the in-process path (worker processes pass their own count)
 SAFETY = 1.25  # on the estimated activations: allocator slack, temporaries the estimate leaves out
 TEXT_TOKENS = 256  # prompt text around the video placeholder (about 60 tokens), rounded up generously
@@ -150,16 +155,17 @@ def _largest_under(linear: float, quadratic: float, memory: float) -> int:
 
 
 def derive_budget(memory_model: MemoryModel, *, model_memory: float, host_memory: float | None,
-                  batch_size: int, decoders: int = DECODE_WORKERS, in_flight: int | None = None) -> int:
+                  batch_size: int, decoders: int = DECODE_WORKERS, decoder_memory: int = DECODE_THREAD_MEMORY,
+                  in_flight: int | None = None) -> int:
     """Visual tokens one video may have so that the worst case fits (module docstring).
 
     ``model_memory``: bytes free where the model runs; ``host_memory``: bytes of host RAM
     when the model runs elsewhere (CUDA), None when it is the same pool (CPU). ``decoders``:
-    decode threads or worker processes; ``in_flight``: prepared videos held at most (default:
-    two batches, the decode threads' prefetch).
+    decode threads or worker processes, ``decoder_memory`` reserved for each; ``in_flight``:
+    prepared videos held at most (default: two batches, the decode threads' prefetch).
     """
     in_flight = max(1, in_flight) if in_flight is not None else 2 * max(1, batch_size)
-    reserve = decoders * DECODER_RESERVE
+    reserve = decoders * decoder_memory
     if host_memory is None:
         return _largest_under(memory_model.model_bytes + in_flight * memory_model.input_bytes,
                               memory_model.quadratic_bytes, MEMORY_FRACTION * model_memory - reserve)
@@ -291,10 +297,11 @@ def memory_model_of(loaded) -> MemoryModel:
                                  device=runtime.device, layout=loaded.layout)
 
 
-def token_budget(settings, loaded, *, decoders: int = DECODE_WORKERS, in_flight: int | None = None) -> TokenBudget:
+def token_budget(settings, loaded, *, decoders: int = DECODE_WORKERS, decoder_memory: int = DECODE_THREAD_MEMORY,
+                 in_flight: int | None = None) -> TokenBudget:
     """The budget for videos scored with ``loaded`` under ``settings`` (MDSVQA_MAX_VISUAL_TOKENS or derived).
 
-    ``decoders`` and ``in_flight`` as in :func:`derive_budget` (the scorer's decode worker
+    ``decoders``, ``decoder_memory`` and ``in_flight`` as in :func:`derive_budget` (the scorer's decode worker
     processes pass theirs: ``scoring.prepare.ProcessDecoding.budget_args``).
     """
     memory_model = memory_model_of(loaded)
@@ -304,7 +311,8 @@ def token_budget(settings, loaded, *, decoders: int = DECODE_WORKERS, in_flight:
     model_memory, host_memory = _memory_at_load(loaded)
     held = in_flight if in_flight is not None else 2 * settings.batch_size
     tokens = derive_budget(memory_model, model_memory=model_memory, host_memory=host_memory,
-                           batch_size=settings.batch_size, decoders=decoders, in_flight=held)
+                           batch_size=settings.batch_size, decoders=decoders, decoder_memory=decoder_memory,
+                           in_flight=held)
     if host_memory is None:
         per_token = memory_model.model_bytes + held * memory_model.input_bytes
         where = "available RAM"

@@ -38,7 +38,7 @@ from ..procpool import ProcessPool, acquire_shared, available_cpus, default_tran
 from ..settings import Settings, VideoSettings
 from ..video.patches import PatchLayout
 from ..video.sampling import SamplingPlan
-from .budget import TokenBudget, available_host_memory
+from .budget import DECODE_WORKER_MEMORY, TokenBudget, available_host_memory
 from .inputs import PreparedVideo
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,10 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 WORKER_NICE = 10
 
 
-# A worker's peak resident memory on 20 s of 1080p: 3.0-3.4 GB (benchmarks/pipeline.py; 0.5 GB of it
-# the interpreter, torch and decord before any video, the rest decord's frame queue and the video's arrays).
-WORKER_MEMORY = 3 * 2**30
-
 
 def default_decode_workers() -> int:
-    """One worker per usable core, as many as fit in half the free RAM at WORKER_MEMORY each (at least 2)."""
-    by_memory = int(0.5 * available_host_memory() // WORKER_MEMORY)
+    """One worker per usable core, as many as fit in half the free RAM at DECODE_WORKER_MEMORY each (at least 2)."""
+    by_memory = int(0.5 * available_host_memory() // DECODE_WORKER_MEMORY)
     return max(1, min(available_cpus(), max(2, by_memory)))
 
 
@@ -196,7 +192,7 @@ class ProcessDecoding:
 
     def budget_args(self) -> dict[str, int]:
         """What the visual-token budget reserves for these decoders (token_budget's keywords)."""
-        return {"decoders": self.workers, "in_flight": self.in_flight}
+        return {"decoders": self.workers, "decoder_memory": DECODE_WORKER_MEMORY, "in_flight": self.in_flight}
 
     def job(self, settings: Settings, loaded, *, frame_features: bool) -> Callable[[tuple[Path, str]], WorkerPrepared]:
         from .budget import token_budget
