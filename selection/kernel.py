@@ -177,11 +177,6 @@ class OperandScratch:
         return out
 
 
-def matmul_operand(frames: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
-    """``OperandScratch.place`` with room of its own."""
-    return OperandScratch().place(frames, compute_dtype)
-
-
 def _min_over_row_videos(d2: torch.Tensor, seg: _Segments, first: int, stop: int, out: torch.Tensor) -> None:
     """(rows of videos [first, stop), cols) -> (stop - first, cols): min over each row video's frames."""
     if seg.uniform_length is not None:

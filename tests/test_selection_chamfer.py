@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from selection.chamfer import chamfer_distance, pairwise_euclidean
 from selection.errors import FrameError
-from selection.kernel import OPERAND_ALIGNMENT, chamfer_matrix, distance_error_bound, make_block, matmul_operand
+from selection.kernel import OPERAND_ALIGNMENT, OperandScratch, chamfer_matrix, distance_error_bound, make_block
 
 
 def brute_force_chamfer(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,12 +149,13 @@ def test_distances_do_not_depend_on_where_the_frames_lie(dim):
         assert torch.equal(got, expected), f"frames {4 * shift} bytes into the buffer"
 
 
-def test_matmul_operand_is_aligned_and_equal():
+def test_operand_scratch_places_aligned_equal_copies():
     base = torch.arange(40, dtype=torch.float32).view(10, 4)
+    scratch = OperandScratch()
     for view in (base[1:6], base[3:], base.t()[:, 1:3]):
-        operand = matmul_operand(view, torch.float32)
+        operand = scratch.place(view, torch.float32)
         assert operand.data_ptr() % OPERAND_ALIGNMENT == 0 and operand.is_contiguous()
         assert torch.equal(operand, view)
-    aligned = matmul_operand(base[1:6], torch.float32)
-    assert matmul_operand(aligned, torch.float32).data_ptr() == aligned.data_ptr()  # no second copy
-    assert matmul_operand(base, torch.float64).dtype == torch.float64
+    aligned = OperandScratch().place(base[1:6], torch.float32)
+    assert scratch.place(aligned, torch.float32).data_ptr() == aligned.data_ptr()  # no second copy
+    assert scratch.place(base, torch.float64).dtype == torch.float64

@@ -53,7 +53,6 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 WORKER_NICE = 10
 
 
-
 def default_decode_workers() -> int:
     """One worker per usable core, as many as fit in half the free RAM at DECODE_WORKER_MEMORY each (at least 2)."""
     by_memory = int(0.5 * available_host_memory() // DECODE_WORKER_MEMORY)
